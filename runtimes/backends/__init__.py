@@ -1,0 +1,1 @@
+"""Runtime backends: each only runs the four stage graphs."""

@@ -1,0 +1,32 @@
+"""Typed errors of sam2-edge. Each message names the problem and the fix.
+
+Nothing here imports torch: the runtime raises these too.
+"""
+
+
+class Sam2EdgeError(Exception):
+    """Base class of every error sam2-edge raises on purpose."""
+
+
+class CheckpointError(Sam2EdgeError):
+    """A checkpoint file is unreadable, not SAM 2, corrupt, or of another variant."""
+
+
+class ConfigError(Sam2EdgeError):
+    """An unknown variant name or an inconsistent configuration."""
+
+
+class InputError(Sam2EdgeError, ValueError):
+    """Bad user input (image, prompt, mask, frame). The state is left unchanged."""
+
+
+class StateError(Sam2EdgeError, RuntimeError):
+    """A call made in the wrong order (predict before set_image, track before a prompt)."""
+
+
+class BundleError(Sam2EdgeError):
+    """An exported bundle is missing, altered, of a newer schema or inconsistent."""
+
+
+class BackendUnavailableError(Sam2EdgeError, ImportError):
+    """The runtime package a backend needs is not installed; the message names the extra."""

@@ -1,0 +1,75 @@
+"""Memory attention: the current frame's stride-16 features attend to a fixed number of
+memory slots (spatial memories + object-pointer tokens). Axial RoPE with real cos/sin on
+the queries and on the spatial keys (repeated per memory frame); pointer tokens are
+excluded from RoPE. Absent slots carry an additive key bias of -1e4, so a half-full ring
+computes what the official code computes on the shorter memory."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import attention
+from .position_encoding import apply_rope, rope_cos_sin
+from .transformer import Attention
+
+
+class RoPEAttention(Attention):
+    def __init__(self, embedding_dim: int, feat_size: int, kv_in_dim: Optional[int] = None,
+                 rope_theta: float = 10000.0) -> None:
+        super().__init__(embedding_dim, num_heads=1, downsample_rate=1, kv_in_dim=kv_in_dim)
+        cos, sin = rope_cos_sin(self.internal_dim, feat_size, feat_size, rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # [hw, d/2]
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                num_k_exclude_rope: int = 0, key_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        q, k, v = self.split(self.q_proj(q)), self.split(self.k_proj(k)), self.split(self.v_proj(v))
+        q = apply_rope(q, self.rope_cos, self.rope_sin)
+        n_rope = k.shape[-2] - num_k_exclude_rope
+        reps = n_rope // q.shape[-2]  # spatial keys = reps memory frames of hw tokens
+        k_rope = apply_rope(k[:, :, :n_rope], self.rope_cos.repeat(reps, 1), self.rope_sin.repeat(reps, 1))
+        k = torch.cat([k_rope, k[:, :, n_rope:]], dim=2) if num_k_exclude_rope > 0 else k_rope
+        return self.out_proj(self.merge(attention(q, k, v, key_bias)))
+
+
+class MemoryAttentionLayer(nn.Module):
+    def __init__(self, d_model: int, mem_dim: int, ffn_dim: int, feat_size: int) -> None:
+        super().__init__()
+        self.self_attn = RoPEAttention(d_model, feat_size)
+        self.cross_attn_image = RoPEAttention(d_model, feat_size, kv_in_dim=mem_dim)
+        self.linear1 = nn.Linear(d_model, ffn_dim)
+        self.linear2 = nn.Linear(ffn_dim, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor,
+                num_ptr_tokens: int, key_bias: Optional[torch.Tensor]) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.self_attn(h, h, h)
+        h = self.norm2(x)
+        x = x + self.cross_attn_image(h, memory + memory_pos, memory, num_ptr_tokens, key_bias)
+        h = self.norm3(x)
+        return x + self.linear2(F.relu(self.linear1(h)))
+
+
+class MemoryAttention(nn.Module):
+    def __init__(self, d_model: int, mem_dim: int, num_layers: int, ffn_dim: int, feat_size: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(MemoryAttentionLayer(d_model, mem_dim, ffn_dim, feat_size)
+                                    for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, curr: torch.Tensor, curr_pos: torch.Tensor, memory: torch.Tensor,
+                memory_pos: torch.Tensor, num_ptr_tokens: int = 0,
+                key_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """curr/curr_pos [B, hw, C]; memory/memory_pos [B, M*hw + P, mem_dim] (spatial first,
+        the last num_ptr_tokens are pointer tokens); key_bias [B, M*hw + P] -> [B, hw, C]."""
+        x = curr + 0.1 * curr_pos
+        for layer in self.layers:
+            x = layer(x, memory, memory_pos, num_ptr_tokens, key_bias)
+        return self.norm(x)
