@@ -3,7 +3,7 @@ with 2x2 query pooling at stage changes. Official parameter names."""
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +119,13 @@ class Hiera(nn.Module):
             self.blocks.append(MultiScaleBlock(dim, dim_out, heads, window, i in q_pool_blocks))
             dim = dim_out
         self._feat_hw = image_size // 4
+        self._pos_cache: Optional[torch.Tensor] = None
+
+    def freeze_positional_embedding(self) -> None:
+        """Compute the positional embedding once (weights are fixed at inference) so exported
+        graphs carry a constant instead of a bicubic resize."""
+        with torch.no_grad():
+            self._pos_cache = self.positional_embedding().detach().clone()
 
     def positional_embedding(self) -> torch.Tensor:
         """Bicubic-resized background embed + tiled window embed: [1, S/4, S/4, C]."""
@@ -129,7 +136,8 @@ class Hiera(nn.Module):
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """[B, 3, S, S] -> four stage outputs [B, C_i, S/4/2^i, S/4/2^i], shallowest first."""
-        x = self.patch_embed(x) + self.positional_embedding()
+        pos = self._pos_cache if self._pos_cache is not None else self.positional_embedding()
+        x = self.patch_embed(x) + pos
         outputs = []
         for i, blk in enumerate(self.blocks):
             x = blk(x)

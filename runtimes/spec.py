@@ -1,0 +1,94 @@
+"""The contract between the tracker and the four stage graphs: names, shapes and dtypes of
+every input and output, and the ring-buffer capacities. numpy only; shared by the torch
+stages, the exporters (manifest) and every runtime backend."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Dict, Tuple
+
+STAGES = ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder")
+
+# mask_decoder point labels (see sam2_edge/modeling/prompt_encoder.py)
+LABEL_NEG, LABEL_POS, LABEL_BOX_TL, LABEL_BOX_BR, LABEL_NOT_A_POINT, LABEL_ABSENT = 0, 1, 2, 3, -1, -2
+# mask_decoder mask_mode
+MASK_NONE, MASK_LOWRES_LOGITS, MASK_FULL_BINARY = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: Tuple[int, ...]
+    dtype: str  # numpy dtype name: float32 / int32
+
+
+@dataclass(frozen=True)
+class TrackerSpec:
+    """Static shapes of one model's stages and its ring-buffer capacities."""
+
+    image_size: int
+    d_model: int
+    mem_dim: int
+    num_maskmem: int = 7
+    cond_slots: int = 2  # conditioning (prompted) frames kept; the official rule keeps the closest
+    ptr_recent: int = 15  # max_obj_ptrs_in_encoder - 1 previous frames' pointers
+    max_clicks: int = 16
+
+    @property
+    def feat_size(self) -> int:
+        return self.image_size // 16
+
+    @property
+    def lowres(self) -> int:
+        return self.image_size // 4
+
+    @property
+    def recent_slots(self) -> int:
+        return self.num_maskmem - 1
+
+    @property
+    def mem_slots(self) -> int:
+        return self.cond_slots + self.recent_slots
+
+    @property
+    def ptr_slots(self) -> int:
+        return self.cond_slots + self.ptr_recent
+
+    @property
+    def prompt_points(self) -> int:
+        return self.max_clicks + 3  # clicks + two box corners + the official padding point
+
+    @property
+    def ptr_normaliser(self) -> float:
+        """Pointer temporal encoding divides by min(num_frames, 16) - 1 = 15 for a stream."""
+        return float(self.ptr_recent)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def io(self) -> Dict[str, Tuple[Tuple[TensorSpec, ...], Tuple[TensorSpec, ...]]]:
+        S, C, m, f, lo = self.image_size, self.d_model, self.mem_dim, self.feat_size, self.lowres
+        M, P, N = self.mem_slots, self.ptr_slots, self.prompt_points
+        t = TensorSpec
+        feats = t("vision_feats", (1, C, f, f), "float32")
+        s0 = t("feat_s0", (1, C // 8, 4 * f, 4 * f), "float32")
+        s1 = t("feat_s1", (1, C // 4, 2 * f, 2 * f), "float32")
+        return {
+            "image_encoder": ((t("image", (1, 3, S, S), "float32"),),
+                              (s0, s1, feats, t("vision_pos", (1, C, f, f), "float32"))),
+            "memory_attention": ((feats, t("vision_pos", (1, C, f, f), "float32"),
+                                  t("memory", (1, M, m, f, f), "float32"), t("mem_tpos", (1, M), "int32"),
+                                  t("mem_valid", (1, M), "float32"), t("obj_ptrs", (1, P, C), "float32"),
+                                  t("ptr_dist", (1, P), "float32"), t("ptr_valid", (1, P), "float32")),
+                                 (t("pix_feat", (1, C, f, f), "float32"),)),
+            "mask_decoder": ((t("pix_feat", (1, C, f, f), "float32"), s0, s1,
+                              t("point_coords", (1, N, 2), "float32"), t("point_labels", (1, N), "int32"),
+                              t("mask_lowres", (1, 1, lo, lo), "float32"), t("mask_full", (1, 1, S, S), "float32"),
+                              t("mask_mode", (1,), "int32"), t("multimask", (1,), "int32"),
+                              t("ptr_gate", (1,), "float32"), t("add_no_mem", (1,), "int32")),
+                             (t("low_res", (1, 1, lo, lo), "float32"), t("iou", (1, 1), "float32"),
+                              t("obj_ptr", (1, C), "float32"), t("obj_score", (1, 1), "float32"))),
+            "memory_encoder": ((feats, t("low_res", (1, 1, lo, lo), "float32"), t("obj_score", (1, 1), "float32"),
+                                t("binarize", (1,), "int32")),
+                               (t("maskmem", (1, m, f, f), "float32"),)),
+        }

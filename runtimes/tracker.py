@@ -1,0 +1,343 @@
+"""The streaming tracker: frames arrive one at a time, prompts only for the current frame,
+objects may start on any frame, memory is a fixed-size ring per object. Gives the masks the
+official `SAM2VideoPredictor` gives when driven frame by frame (see the goldens' README).
+
+numpy + a backend only. The tracker holds a backend; the backend only runs graphs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import InputError, StateError
+from ..prompts import check_image, prompt_points
+from . import preprocess
+from .backends.base import Backend
+from .memory import ObjectMemory, round_bf16
+from .spec import LABEL_ABSENT, LABEL_NOT_A_POINT, MASK_FULL_BINARY, MASK_LOWRES_LOGITS, MASK_NONE, TrackerSpec
+
+log = logging.getLogger(__name__)
+
+NO_OBJ_SCORE = -1024.0
+
+
+@dataclass
+class StageTimings:
+    """Milliseconds spent per stage during one tracker call."""
+
+    image_encoder: float = 0.0
+    memory_attention: float = 0.0
+    mask_decoder: float = 0.0
+    memory_encoder: float = 0.0
+    total: float = 0.0
+
+
+@dataclass
+class TrackResult:
+    frame_index: int
+    object_ids: List[int]
+    masks: np.ndarray  # [N, H, W] bool
+    mask_logits: np.ndarray  # [N, H, W] float32 at frame resolution
+    object_scores: np.ndarray  # [N] float32
+    low_res_logits: np.ndarray  # [N, S/4, S/4] float32 model-resolution logits
+    timings: StageTimings = field(default_factory=StageTimings)
+
+
+@dataclass
+class FrameOutput:
+    """One object's output on the current frame, before its memory is encoded."""
+
+    frame: int
+    low_res: np.ndarray  # [1, 1, S/4, S/4]
+    obj_score: np.ndarray  # [1, 1]
+    obj_ptr: np.ndarray  # [1, C]
+    is_cond: bool  # an initial conditioning frame (prompted before it was tracked)
+    binarize: bool  # memory from the binarised mask (prompted / corrected frames)
+    mem_encoded: bool = False
+
+
+@dataclass
+class ObjectState:
+    obj_id: int
+    first_frame: int
+    memory: ObjectMemory
+    current: Optional[FrameOutput] = None
+
+
+@dataclass
+class FrameFeatures:
+    """Image-encoder outputs of the current frame (preallocated once, overwritten per frame)."""
+
+    index: int
+    hw: Tuple[int, int]
+    feat_s0: np.ndarray
+    feat_s1: np.ndarray
+    vision_feats: np.ndarray
+    vision_pos: np.ndarray
+
+
+class Tracker:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.spec: TrackerSpec = backend.spec
+        self._objects: Dict[int, ObjectState] = {}
+        self._frame: Optional[FrameFeatures] = None
+        self._next_index = 0
+        self._hw: Optional[Tuple[int, int]] = None
+        s = self.spec
+        self._image = np.zeros((1, 3, s.image_size, s.image_size), np.float32)
+        self._zeros_full = np.zeros((1, 1, s.image_size, s.image_size), np.float32)
+        self._zeros_low = np.zeros((1, 1, s.lowres, s.lowres), np.float32)
+        self._timings = StageTimings()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(cls, path: str, variant: Optional[str] = None, backend: str = "torch",
+                        device: str = "cpu", image_size: Optional[int] = None, cond_slots: int = 2) -> "Tracker":
+        if backend != "torch":
+            raise InputError(f"from_checkpoint runs the torch backend; for {backend!r} export a bundle "
+                             "(sam2-edge export) and use Tracker.from_bundle")
+        from .backends.torch_backend import TorchBackend
+
+        return cls(TorchBackend.from_checkpoint(path, variant, device, image_size, cond_slots))
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str, backend: Optional[str] = None, **options) -> "Tracker":
+        from .bundle_backends import open_bundle
+
+        return cls(open_bundle(bundle_dir, backend, **options))
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def object_ids(self) -> List[int]:
+        return list(self._objects)
+
+    @property
+    def frame_index(self) -> int:
+        return -1 if self._frame is None else self._frame.index
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by the tracker's buffers (constant once the objects' rings exist)."""
+        n = self._image.nbytes + self._zeros_full.nbytes + self._zeros_low.nbytes
+        if self._frame is not None:
+            f = self._frame
+            n += f.feat_s0.nbytes + f.feat_s1.nbytes + f.vision_feats.nbytes + f.vision_pos.nbytes
+        for o in self._objects.values():
+            n += o.memory.nbytes
+            if o.current is not None:
+                n += o.current.low_res.nbytes + o.current.obj_ptr.nbytes + o.current.obj_score.nbytes
+        return int(n)
+
+    def reset(self) -> None:
+        self._objects.clear()
+        self._frame = None
+        self._next_index = 0
+        self._hw = None
+
+    def remove_object(self, obj_id: int) -> None:
+        obj_id = self._check_obj_id(obj_id)
+        if obj_id not in self._objects:
+            raise InputError(f"unknown object id {obj_id}; known ids: {self.object_ids}")
+        del self._objects[obj_id]
+
+    def track(self, frame: np.ndarray) -> TrackResult:
+        """Track every object on a new frame (HxWx3 uint8 RGB)."""
+        self._check_frame(frame)
+        if not self._objects:
+            raise StateError("track() needs at least one object: call add_prompt(frame, obj_id, ...) first")
+        t0 = self._start()
+        self._new_frame(frame)
+        for obj in self._objects.values():
+            self._track_object(obj)
+        return self._result(t0)
+
+    def add_prompt(self, frame: Optional[np.ndarray], obj_id: int, points=None, labels=None, box=None,
+                   mask=None) -> TrackResult:
+        """Prompt object `obj_id` (new or existing) on a new frame (`frame` array; every other
+        object is tracked on it too) or on the current frame (`frame=None`).
+
+        On a frame the object has not been tracked on, the prompt makes an initial
+        conditioning frame; on a frame it has been tracked on, it is a correction (memory
+        attention as for tracking, the previous logits as mask prompt). Points and box are
+        pixels of the frame; mask is an HxW bool array (an all-False mask = object absent).
+        """
+        obj_id = self._check_obj_id(obj_id)
+        if frame is not None:
+            self._check_frame(frame)
+            hw = (int(frame.shape[0]), int(frame.shape[1]))
+        else:
+            if self._frame is None:
+                raise StateError("no current frame: pass the frame to add_prompt(frame, ...)")
+            hw = self._frame.hw
+        prompt = self._check_prompt(hw, points, labels, box, mask)
+        t0 = self._start()
+        if frame is not None:
+            self._new_frame(frame)
+        obj = self._objects.get(obj_id)
+        if obj is None:
+            obj = ObjectState(obj_id, self._frame.index, ObjectMemory(self.spec))
+            self._objects[obj_id] = obj
+        self._prompt_object(obj, prompt)
+        if frame is not None:
+            for other in self._objects.values():
+                if other is not obj:
+                    self._track_object(other)
+        return self._result(t0)
+
+    # ------------------------------------------------------------------ validation
+    @staticmethod
+    def _check_obj_id(obj_id) -> int:
+        if isinstance(obj_id, (bool, np.bool_)) or not isinstance(obj_id, (int, np.integer)):
+            raise InputError(f"obj_id must be an integer, got {obj_id!r}")
+        return int(obj_id)
+
+    def _check_frame(self, frame) -> None:
+        check_image(frame, "frame")
+        hw = (int(frame.shape[0]), int(frame.shape[1]))
+        if self._hw is not None and hw != self._hw:
+            raise InputError(f"frame resolution changed mid-stream from {self._hw[1]}x{self._hw[0]} to "
+                             f"{hw[1]}x{hw[0]}; call reset() before a stream of another resolution")
+
+    def _check_prompt(self, hw, points, labels, box, mask):
+        if mask is not None:
+            if points is not None or labels is not None or box is not None:
+                raise InputError("give either a mask or points/box, not both")
+            m = np.asarray(mask)
+            if m.shape != hw:
+                raise InputError(f"mask must have the frame's shape {hw}, got {m.shape}")
+            if m.dtype != np.bool_:
+                if not np.issubdtype(m.dtype, np.number):
+                    raise InputError(f"mask must be a bool (or 0/1) array, got dtype {m.dtype}")
+                if not np.isfinite(m).all():
+                    raise InputError("mask contains NaN or inf; give a bool array (True = object)")
+                m = m > 0.5 if np.issubdtype(m.dtype, np.floating) else m != 0
+            return ("mask", m.astype(bool))
+        coords, labs = prompt_points(points, labels, box, hw, True, self.spec.image_size)
+        if coords.shape[0] > self.spec.max_clicks + 2:
+            raise InputError(f"at most {self.spec.max_clicks} clicks plus a box per prompt")
+        return ("points", (coords, labs))
+
+    # ------------------------------------------------------------------ internals
+    def _start(self) -> float:
+        self._timings = StageTimings()
+        return time.perf_counter()
+
+    def _run(self, stage: str, inputs):
+        t = time.perf_counter()
+        out = self.backend.run(stage, inputs)
+        setattr(self._timings, stage, getattr(self._timings, stage) + (time.perf_counter() - t) * 1e3)
+        return out
+
+    def _flush_memories(self) -> None:
+        """Encode the memory of each object's output on the current frame (the official code
+        does this when tracking moves on), then commit it to the object's ring."""
+        if self._frame is None:
+            return
+        for obj in self._objects.values():
+            cur = obj.current
+            if cur is None or cur.mem_encoded or cur.frame != self._frame.index:
+                continue
+            (maskmem,) = self._run("memory_encoder", (self._frame.vision_feats, cur.low_res, cur.obj_score,
+                                                      np.array([int(cur.binarize)], np.int32)))
+            obj.memory.commit(cur.frame, round_bf16(maskmem[0]), cur.obj_ptr[0], cur.is_cond)
+            cur.mem_encoded = True
+
+    def _new_frame(self, frame: np.ndarray) -> None:
+        self._flush_memories()
+        s = self.spec
+        small = preprocess.resize_bicubic_pil(frame, s.image_size)
+        preprocess.normalize_video(small, out=self._image)
+        s0, s1, feats, pos = self._run("image_encoder", (self._image,))
+        hw = (int(frame.shape[0]), int(frame.shape[1]))
+        self._frame = FrameFeatures(self._next_index, hw, s0, s1, feats, pos)
+        self._hw = hw
+        self._next_index += 1
+
+    def _points_input(self, coords: Optional[np.ndarray], labels: Optional[np.ndarray]):
+        n = self.spec.prompt_points
+        pc = np.zeros((1, n, 2), np.float32)
+        pl = np.full((1, n), LABEL_ABSENT, np.int32)
+        k = 0
+        if coords is None or coords.shape[0] == 0:
+            pl[0, 0] = LABEL_NOT_A_POINT  # the model's own (0, 0, -1) point when no clicks
+            k = 1
+        else:
+            k = coords.shape[0]
+            pc[0, :k] = coords
+            pl[0, :k] = labels
+        pl[0, k] = LABEL_NOT_A_POINT  # the prompt encoder's padding point
+        return pc, pl
+
+    def _decode(self, pix_feat, coords, labels, mask_mode: int, mask_low, mask_full, multimask: bool,
+                ptr_gate: float, add_no_mem: bool):
+        f = self._frame
+        pc, pl = self._points_input(coords, labels)
+        return self._run("mask_decoder", (pix_feat, f.feat_s0, f.feat_s1, pc, pl, mask_low, mask_full,
+                                          np.array([mask_mode], np.int32), np.array([int(multimask)], np.int32),
+                                          np.array([ptr_gate], np.float32), np.array([int(add_no_mem)], np.int32)))
+
+    def _memory_attention(self, obj: ObjectState) -> np.ndarray:
+        f = self._frame
+        inp = obj.memory.fill_inputs(f.index)
+        (pix,) = self._run("memory_attention", (f.vision_feats, f.vision_pos, obj.memory.memory, inp.mem_tpos,
+                                                inp.mem_valid, obj.memory.ptrs, inp.ptr_dist, inp.ptr_valid))
+        return pix
+
+    def _track_object(self, obj: ObjectState) -> None:
+        pix = self._memory_attention(obj)
+        low, _, ptr, score = self._decode(pix, None, None, MASK_NONE, self._zeros_low, self._zeros_full,
+                                          True, 1.0, False)
+        obj.current = FrameOutput(self._frame.index, low, score, ptr, is_cond=False, binarize=False)
+
+    def _prompt_object(self, obj: ObjectState, prompt) -> None:
+        f = self._frame
+        prev = obj.current if (obj.current is not None and obj.current.frame == f.index) else None
+        # a frame the object was tracked on (non-conditioning output) -> correction
+        is_cond = prev is None or prev.is_cond
+        kind, value = prompt
+        s = self.spec
+        if kind == "mask":
+            full = preprocess.resize_bilinear_aa(value.astype(np.float32)[None, None], s.image_size, s.image_size)
+            full = (full >= 0.5).astype(np.float32)  # [1, 1, S, S]
+            present = bool(full.any())
+            low = preprocess.resize_bilinear_aa(full * 20.0 - 10.0, s.lowres, s.lowres).astype(np.float32)
+            _, _, ptr, _ = self._decode(f.vision_feats, None, None, MASK_FULL_BINARY, self._zeros_low, full,
+                                        False, float(present), False)
+            score = np.array([[10.0 if present else -10.0]], np.float32)
+            obj.current = FrameOutput(f.index, low, score, ptr, is_cond=is_cond, binarize=True)
+            return
+        coords, labels = value
+        if prev is not None:
+            mask_mode, mask_low = MASK_LOWRES_LOGITS, np.clip(prev.low_res, -32.0, 32.0)
+        else:
+            mask_mode, mask_low = MASK_NONE, self._zeros_low
+        pix = f.vision_feats if is_cond else self._memory_attention(obj)
+        multimask = coords.shape[0] <= 1
+        low, _, ptr, score = self._decode(pix, coords, labels, mask_mode, mask_low, self._zeros_full,
+                                          multimask, 1.0, is_cond)
+        obj.current = FrameOutput(f.index, low, score, ptr, is_cond=is_cond, binarize=True)
+
+    def _result(self, t0: float) -> TrackResult:
+        f = self._frame
+        h, w = f.hw
+        ids, logits, scores, lows = [], [], [], []
+        for obj in self._objects.values():
+            cur = obj.current
+            if cur is None or cur.frame != f.index:
+                continue
+            ids.append(obj.obj_id)
+            logits.append(preprocess.resize_bilinear(cur.low_res[0, 0], h, w))
+            scores.append(float(cur.obj_score[0, 0]))
+            lows.append(cur.low_res[0, 0])
+        self._timings.total = (time.perf_counter() - t0) * 1e3
+        lo = self.spec.lowres
+        lg = np.stack(logits) if logits else np.zeros((0, h, w), np.float32)
+        low = np.stack(lows) if lows else np.zeros((0, lo, lo), np.float32)
+        return TrackResult(f.index, ids, lg > 0, lg.astype(np.float32, copy=False),
+                           np.asarray(scores, np.float32), low, self._timings)

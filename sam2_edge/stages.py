@@ -1,0 +1,83 @@
+"""The tracker's four per-frame stages as modules that take and return tensors only, with
+static shapes (see `sam2_edge.runtimes.spec.TrackerSpec.io`). The exporters trace these
+very modules; the torch backend runs them eagerly. They hold the model, never subclass it.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from .modeling.sam2 import SAM2Model
+from .runtimes.spec import MASK_FULL_BINARY, MASK_NONE, TrackerSpec
+
+Tensor = torch.Tensor
+
+
+def tracker_spec(model: SAM2Model, cond_slots: int = 2) -> TrackerSpec:
+    cfg = model.cfg
+    return TrackerSpec(image_size=cfg.image_size, d_model=cfg.d_model, mem_dim=cfg.mem_dim,
+                       num_maskmem=cfg.num_maskmem, cond_slots=cond_slots, ptr_recent=cfg.max_obj_ptrs - 1)
+
+
+class ImageEncoderStage(nn.Module):
+    def __init__(self, model: SAM2Model) -> None:
+        super().__init__()
+        self.model = model
+        model.image_encoder.trunk.freeze_positional_embedding()
+
+    def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        f = self.model.encode_image(image)  # [1, 3, S, S] -> s0, s1, level 2, its sine PE
+        return f.feat_s0, f.feat_s1, f.vision_feats, f.vision_pos
+
+
+class MemoryAttentionStage(nn.Module):
+    def __init__(self, model: SAM2Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, vision_feats: Tensor, vision_pos: Tensor, memory: Tensor, mem_tpos: Tensor,
+                mem_valid: Tensor, obj_ptrs: Tensor, ptr_dist: Tensor, ptr_valid: Tensor) -> Tensor:
+        return self.model.condition_on_memory(vision_feats, vision_pos, memory, mem_tpos.long(),
+                                              mem_valid > 0.5, obj_ptrs, ptr_dist, ptr_valid > 0.5)
+
+
+class MaskDecoderStage(nn.Module):
+    """SAM heads for every mode in one graph: clicks/box (padded with ABSENT labels), an
+    optional dense prompt (previous low-res logits, or a full-resolution binary mask through
+    the learned mask_downsample), multimask or single output, and a final pointer gate."""
+
+    def __init__(self, model: SAM2Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pix_feat: Tensor, feat_s0: Tensor, feat_s1: Tensor, point_coords: Tensor,
+                point_labels: Tensor, mask_lowres: Tensor, mask_full: Tensor, mask_mode: Tensor,
+                multimask: Tensor, ptr_gate: Tensor, add_no_mem: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        m = self.model
+        # frames without memory (initial conditioning frames) add no_mem_embed to level 2
+        pix_feat = pix_feat + (add_no_mem != 0).float()[:, None, None, None] * m.no_mem_embed.reshape(1, -1, 1, 1)
+        full = (mask_mode == MASK_FULL_BINARY)[:, None, None, None]
+        mask = torch.where(full, m.mask_downsample(mask_full), mask_lowres)  # [1, 1, S/4, S/4]
+        out = m.heads(pix_feat, feat_s0, feat_s1, point_coords, point_labels.long(), mask,
+                      mask_mode != MASK_NONE, multimask != 0)
+        ptr = m.gate_pointer(out.obj_ptr, (ptr_gate > 0.5)[:, None])
+        return out.low_res, out.iou, ptr, out.obj_score
+
+
+class MemoryEncoderStage(nn.Module):
+    def __init__(self, model: SAM2Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, vision_feats: Tensor, low_res: Tensor, obj_score: Tensor, binarize: Tensor) -> Tensor:
+        return self.model.encode_memory(vision_feats, low_res, obj_score, binarize != 0)
+
+
+def build_stages(model: SAM2Model) -> Tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+    """The four stages in `spec.STAGES` order, in eval mode."""
+    model.eval()
+    return (ImageEncoderStage(model).eval(), MemoryAttentionStage(model).eval(),
+            MaskDecoderStage(model).eval(), MemoryEncoderStage(model).eval())
