@@ -38,7 +38,10 @@ def prompt_points(point_coords, point_labels, box, hw: Tuple[int, int], normaliz
             coords = np.asarray(point_coords, dtype=np.float32).reshape(-1, 2)
         except (ValueError, TypeError):
             raise InputError(f"points must be a list of [x, y] pairs, got {point_coords!r}") from None
-        labels = np.asarray(point_labels).reshape(-1)
+        try:
+            labels = np.asarray(point_labels, dtype=np.float64).reshape(-1)
+        except (ValueError, TypeError):
+            raise InputError(f"point labels must be a list of 1 (positive) or 0 (negative), got {point_labels!r}") from None
         if labels.shape[0] != coords.shape[0]:
             raise InputError(f"got {coords.shape[0]} points but {labels.shape[0]} labels; give one label per point")
         if not np.isin(labels, (0, 1)).all():
