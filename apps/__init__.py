@@ -1,0 +1,1 @@
+"""Applications built on sam2-edge (run from a checkout of the repository)."""
