@@ -7,11 +7,11 @@ given; failures raise `CheckpointError` before any model is returned.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import pickle
-import zipfile
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -43,15 +43,16 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path!r} is empty; download it again")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
-    except pickle.UnpicklingError as e:
+    except Exception as e:  # torch's readers raise many types on garbage (IndexError, KeyError, struct.error...)
+        text = str(e)
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in text:
+            raise CheckpointError(
+                f"{path!r} needs code execution to unpickle and was refused (weights_only=True). "
+                f"Only plain tensor checkpoints are loaded; re-save it as {{'model': state_dict}}. ({text[:300]})"
+            ) from None
         raise CheckpointError(
-            f"{path!r} needs code execution to unpickle and was refused (weights_only=True). "
-            f"Only plain tensor checkpoints are loaded; re-save it as {{'model': state_dict}}. ({e})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"{path!r} is not a readable torch checkpoint (truncated or corrupt?); download it again. ({e})"
-        ) from None
+            f"{path!r} is not a readable torch checkpoint (truncated or corrupt?); download it again. "
+            f"(the reader failed with {type(e).__name__})") from None
     if not isinstance(obj, dict) or "model" not in obj or not isinstance(obj["model"], dict):
         raise CheckpointError(f"{path!r} is not a SAM 2 checkpoint: expected a dict with a 'model' state dict")
     sd = {}
@@ -62,10 +63,22 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     return sd
 
 
-def expected_shapes(cfg: ModelConfig) -> Dict[str, Tuple[int, ...]]:
+@functools.lru_cache(maxsize=None)
+def _layout(cfg: ModelConfig) -> Tuple[Tuple[Tuple[str, Tuple[int, ...]], ...], frozenset]:
     with torch.device("meta"):
         model = SAM2Model(cfg)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+    return shapes, frozenset(k for k, _ in model.named_parameters())
+
+
+def expected_shapes(cfg: ModelConfig) -> Dict[str, Tuple[int, ...]]:
+    """Official key -> shape of a variant (built once on the meta device, cached)."""
+    return dict(_layout(cfg)[0])
+
+
+def parameter_names(cfg: ModelConfig) -> frozenset:
+    """State-dict keys that are learnable parameters (not buffers such as the random-Fourier matrix)."""
+    return _layout(cfg)[1]
 
 
 def match_variant(sd: Dict[str, torch.Tensor]) -> Optional[str]:

@@ -33,9 +33,15 @@ def _info(p: argparse.ArgumentParser):
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     def run(a: argparse.Namespace) -> int:
-        from .checkpoint import check_state_dict, match_variant, read_state_dict, sha256_file
+        from .errors import BackendUnavailableError, CheckpointError
+
+        try:
+            from .checkpoint import check_state_dict, match_variant, parameter_names, read_state_dict, sha256_file
+        except ModuleNotFoundError as e:
+            if e.name == "torch":
+                raise BackendUnavailableError("reading checkpoints needs PyTorch: pip install 'sam2-edge[torch]'") from None
+            raise
         from .configs import get_config
-        from .errors import CheckpointError
 
         sd = read_state_dict(a.checkpoint)
         variant = match_variant(sd)
@@ -47,7 +53,7 @@ def _info(p: argparse.ArgumentParser):
             "path": os.path.abspath(a.checkpoint),
             "variant": variant,
             "sam_version": f"SAM {cfg.version}",
-            "parameters": int(sum(v.numel() for v in sd.values())),
+            "parameters": int(sum(v.numel() for k, v in sd.items() if k in parameter_names(cfg))),
             "tensors": len(sd),
             "size_bytes": os.path.getsize(a.checkpoint),
             "sha256": sha256_file(a.checkpoint),
@@ -71,7 +77,9 @@ def _register_optional() -> None:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
             if e.name != mod:
-                raise
+                log.warning("subcommands of %s unavailable: %s", mod, e)
+        except ImportError as e:
+            log.warning("subcommands of %s unavailable: %s", mod, e)
 
 
 def build_parser() -> argparse.ArgumentParser:
