@@ -44,7 +44,7 @@ def read_frames(source: str) -> Tuple[Iterator[np.ndarray], Optional[int], float
 
         def gen():
             for p in files:
-                img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+                img = cv2.imread(str(p), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # as PIL: no EXIF rotation
                 if img is None:
                     raise InputError(f"cannot decode image {p}")
                 yield cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
