@@ -37,12 +37,9 @@ def load_golden(path) -> Dict[str, np.ndarray]:
 
 @functools.lru_cache(maxsize=8)
 def _load_golden_cached(path: str) -> Dict[str, np.ndarray]:
-    with np.load(path) as z:
-        g = {k: z[k] for k in z.files}
-    for k in [k for k in g if k.endswith("_bits")]:
-        base = k[:-5]
-        shape = tuple(int(s) for s in g[base + "_shape"])
-        g[base] = np.unpackbits(g[k], count=int(np.prod(shape)), bitorder="little").astype(bool).reshape(shape)
+    from stream_golden import load_golden
+
+    g = load_golden(path)
     for v in g.values():
         v.setflags(write=False)  # shared between tests: never modified in place
     return g
