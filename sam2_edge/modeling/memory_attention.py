@@ -30,8 +30,12 @@ class RoPEAttention(Attention):
         q, k, v = self.split(self.q_proj(q)), self.split(self.k_proj(k)), self.split(self.v_proj(v))
         q = apply_rope(q, self.rope_cos, self.rope_sin)
         n_rope = k.shape[-2] - num_k_exclude_rope
-        reps = n_rope // q.shape[-2]  # spatial keys = reps memory frames of hw tokens
-        k_rope = apply_rope(k[:, :, :n_rope], self.rope_cos.repeat(reps, 1), self.rope_sin.repeat(reps, 1))
+        hw = q.shape[-2]
+        b, h, _, d = k.shape
+        # spatial keys = n_rope / hw memory frames of hw tokens, each rotated like the queries
+        # (broadcast over frames rather than a repeated table: exporters would fold that into constants)
+        k_rope = apply_rope(k[:, :, :n_rope].reshape(b, h, n_rope // hw, hw, d),
+                            self.rope_cos, self.rope_sin).reshape(b, h, n_rope, d)
         k = torch.cat([k_rope, k[:, :, n_rope:]], dim=2) if num_k_exclude_rope > 0 else k_rope
         return self.out_proj(self.merge(attention(q, k, v, key_bias)))
 

@@ -1,0 +1,103 @@
+"""ExecuTorch backend: runs the four stage `.pte` programs (XNNPACK-delegated) with
+ExecuTorch's Python runtime (`executorch.runtime`).
+
+Nothing is imported at module import time. Note that ExecuTorch's Python bindings are not
+torch-free: the pip wheel's extension links libtorch, `executorch.runtime` imports torch,
+and a method only accepts torch tensors. So this backend needs `torch` installed next to
+`executorch` (both come with `pip install 'sam2-edge[executorch]'`); it converts numpy
+arrays to and from tensors without copying. A torch-free deployment of the same `.pte`
+files uses ExecuTorch's C++ runtime (or the ONNX Runtime backend from Python).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, Tuple
+
+import numpy as np
+
+from ...errors import BackendUnavailableError, BundleError, InputError
+from ..spec import STAGES, TrackerSpec
+from .base import Backend
+
+# ExecuTorch ScalarType codes (TensorInfo.dtype) of the dtypes the stages use
+_SCALAR_TYPES = {"float32": 6, "int32": 3}
+
+
+class ExecuTorchBackend(Backend):
+    name = "executorch"
+
+    def __init__(self, spec: TrackerSpec, stage_files: Mapping[str, Path], threads: Optional[int] = None,
+                 verify: bool = True) -> None:
+        """threads: size of ExecuTorch's (process-wide) thread pool that XNNPACK uses; None or
+        0 keeps the runtime's default. verify: full structural check of each program on load."""
+        super().__init__(spec)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+            raise InputError(f"threads must be a non-negative integer (0 = executorch default), got {threads!r}")
+        try:
+            from executorch.runtime import Runtime, Verification
+        except ImportError as e:
+            raise BackendUnavailableError(
+                f"the ExecuTorch backend needs executorch (and torch, which its Python runtime links): "
+                f"pip install 'sam2-edge[executorch]' ({e})") from None
+        import torch  # already loaded by executorch.runtime; its methods take torch tensors only
+
+        self._torch = torch
+        runtime = Runtime.get()
+        if not runtime.backend_registry.is_available("XnnpackBackend"):
+            raise BackendUnavailableError("this executorch build has no XNNPACK backend "
+                                          f"(registered: {runtime.backend_registry.registered_backend_names})")
+        if threads:
+            from executorch.extension.pybindings import portable_lib
+
+            portable_lib._unsafe_reset_threadpool(threads)  # before any method runs
+        self.threads = threads or 0
+        io = spec.io()
+        self._io = io
+        self._methods = {}
+        for stage in STAGES:
+            path = stage_files.get(stage)
+            if path is None:
+                raise BundleError(f"no ExecuTorch program for stage {stage!r}")
+            path = Path(path)
+            if not path.is_file():
+                raise BundleError(f"ExecuTorch program {path} is missing")
+            try:
+                program = runtime.load_program(
+                    path, verification=Verification.InternalConsistency if verify else Verification.Minimal)
+                method = program.load_method("forward")
+            except Exception as e:  # the bindings raise RuntimeError / ValueError on bad files
+                raise BundleError(f"cannot load ExecuTorch program {path}: {e}") from e
+            self._check_meta(stage, path, method.metadata)
+            self._methods[stage] = (program, method)  # keep the program alive with its method
+
+    def _check_meta(self, stage: str, path: Path, meta) -> None:
+        ins, outs = self._io[stage]
+        if meta.num_inputs() != len(ins) or meta.num_outputs() != len(outs):
+            raise BundleError(f"{path}: {meta.num_inputs()} inputs / {meta.num_outputs()} outputs, "
+                              f"the {stage} stage has {len(ins)} / {len(outs)}")
+        for kind, specs, get in (("input", ins, meta.input_tensor_meta), ("output", outs, meta.output_tensor_meta)):
+            for i, t in enumerate(specs):
+                info = get(i)
+                if tuple(info.sizes()) != t.shape or info.dtype() != _SCALAR_TYPES[t.dtype]:
+                    raise BundleError(f"{path}: {kind} {i} ({t.name}) is {tuple(info.sizes())} dtype code "
+                                      f"{info.dtype()}, expected {t.shape} {t.dtype}")
+
+    def run(self, stage: str, inputs: Tuple[np.ndarray, ...]) -> Tuple[np.ndarray, ...]:
+        self.check_stage(stage)
+        ins, outs = self._io[stage]
+        if len(inputs) != len(ins):
+            raise InputError(f"{stage}: {len(inputs)} inputs given, {len(ins)} expected")
+        args = []
+        for t, a in zip(ins, inputs):
+            a = np.ascontiguousarray(a, dtype=t.dtype)
+            if a.shape != t.shape:
+                raise InputError(f"{stage}: input {t.name} has shape {a.shape}, expected {t.shape}")
+            args.append(self._torch.from_numpy(a))
+        _, method = self._methods[stage]
+        result = method.execute(args)  # outputs are copied out of the program's arenas
+        return tuple(r.numpy() for r in result)
+
+    def describe(self) -> str:
+        threads = f", {self.threads} threads" if self.threads else ""
+        return f"executorch (XNNPACK{threads})"
