@@ -1,0 +1,222 @@
+"""Export a checkpoint as a bundle: the four tracker stages as static-shape graphs of one
+format (ONNX, ExecuTorch or CoreML) and a `manifest.json` that describes them.
+
+    from sam2_edge.export import export_bundle
+    export_bundle("sam2.1_hiera_tiny.pt", "bundles/tiny-onnx", format="onnx")
+
+The manifest layout is read (and validated) by `sam2_edge.runtimes.bundle.load_manifest`;
+`export/README.md` documents it for app developers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from .. import __version__
+from ..errors import BackendUnavailableError, BundleError, ConfigError
+from ..progress import Progress
+from ..runtimes.bundle import (COLOUR_ORDER, FORMAT_SUFFIX, MANIFEST_NAME, PRECISIONS, RESIZE_PIL_BICUBIC,
+                               SCHEMA_VERSION, hash_graph, tensor_to_dict)
+from ..runtimes.preprocess import IMG_MEAN, IMG_STD
+from ..runtimes.spec import (LABEL_ABSENT, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_NEG, LABEL_NOT_A_POINT, LABEL_POS,
+                             MASK_LOWRES_LOGITS, STAGES, TrackerSpec)
+
+log = logging.getLogger(__name__)
+
+FORMATS = tuple(FORMAT_SUFFIX)
+_EXPORTER_MODULE = {"onnx": "onnx_export", "executorch": "executorch_export", "coreml": "coreml_export"}
+_EXTRA = {"onnx": "export-onnx", "executorch": "executorch", "coreml": "coreml"}
+_LIBRARIES = ("torch", "onnx", "onnxscript", "onnxruntime", "executorch", "coremltools", "numpy")
+
+
+def example_inputs(spec: TrackerSpec, stage: str, seed: int = 0) -> Tuple[np.ndarray, ...]:
+    """Random but valid inputs of one stage, in `spec.io()` order: normalised-image-like
+    values, ring slots partly valid, temporal indices and pointer distances in range, a
+    prompt with box corners, clicks, the padding point and absent fillers, mask prompts."""
+    rng = np.random.default_rng(seed)
+    ins, _ = spec.io()[stage]
+    out = []
+    for t in ins:
+        n = t.name
+        if n == "mem_tpos":
+            v = rng.integers(0, spec.num_maskmem, t.shape)
+        elif n in ("mem_valid", "ptr_valid"):
+            v = (rng.random(t.shape) < 0.6).astype(np.float32)
+            v[0, 0] = 1.0  # at least one valid slot (the official code always has one)
+        elif n == "ptr_dist":
+            v = rng.integers(0, spec.ptr_recent + 1, t.shape).astype(np.float32)
+        elif n == "point_coords":
+            v = rng.uniform(0, spec.image_size, t.shape)
+        elif n == "point_labels":
+            v = np.full(t.shape, LABEL_ABSENT)
+            v[0, :5] = (LABEL_BOX_TL, LABEL_BOX_BR, LABEL_POS, LABEL_NEG, LABEL_NOT_A_POINT)
+        elif n == "mask_lowres":
+            v = rng.normal(0, 8, t.shape)
+        elif n == "mask_full":
+            v = (rng.random(t.shape) < 0.3).astype(np.float32)
+        elif n == "mask_mode":
+            v = np.array([MASK_LOWRES_LOGITS])
+        elif n in ("multimask", "add_no_mem", "ptr_gate"):
+            v = np.ones(t.shape)
+        elif n == "binarize":
+            v = np.zeros(t.shape)
+        elif n in ("low_res",):
+            v = rng.normal(0, 8, t.shape)
+        else:
+            v = rng.standard_normal(t.shape)
+        out.append(np.ascontiguousarray(v, dtype=t.dtype))
+    return tuple(out)
+
+
+def _exporter(fmt: str):
+    name = f"{__package__}.{_EXPORTER_MODULE[fmt]}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name:
+            raise BackendUnavailableError(f"this sam2-edge has no {fmt} exporter ({name} is missing)") from None
+        raise BackendUnavailableError(
+            f"exporting {fmt} bundles needs {e.name!r}: pip install 'sam2-edge[{_EXTRA[fmt]}]'") from None
+
+
+def library_versions() -> Dict[str, str]:
+    out = {"sam2_edge": __version__}
+    for lib in _LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _prepare_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"--out {str(out)!r} is a file; give a folder for the bundle")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise BundleError(f"--out {str(out)!r} is a non-empty folder that is not a bundle; give a new or empty "
+                          "folder (an existing bundle folder is replaced)")
+
+
+def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: Optional[str] = None,
+                  image_size: Optional[int] = None, precision: str = "fp32", cond_slots: int = 2,
+                  show_progress: Optional[bool] = None) -> Path:
+    """Export the four stages of `checkpoint` as a `format` bundle into `out_dir`.
+
+    The bundle is written to a temporary folder next to `out_dir` and moved into place
+    when complete, so `out_dir` never holds a half-written bundle (an older bundle there
+    is replaced). Returns the bundle folder.
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"unknown bundle format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if isinstance(cond_slots, bool) or not isinstance(cond_slots, int) or not 1 <= cond_slots <= 64:
+        raise ConfigError(f"cond_slots must be an integer 1..64 (conditioning frames kept), got {cond_slots!r}")
+    out = Path(out_dir)
+    _prepare_out_dir(out)
+    exporter = _exporter(format)
+    try:
+        import torch
+
+        from ..checkpoint import load_checkpoint, sha256_file
+        from ..stages import build_stages, tracker_spec
+    except ModuleNotFoundError as e:
+        raise BackendUnavailableError(f"exporting needs {e.name!r}: pip install 'sam2-edge[{_EXTRA[format]}]'") \
+            from None
+
+    t_start = time.perf_counter()
+    model, cfg = load_checkpoint(checkpoint, variant, image_size)
+    spec = tracker_spec(model, cond_slots)
+    io = spec.io()
+    stages = dict(zip(STAGES, build_stages(model)))
+    suffix = FORMAT_SUFFIX[format]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        graphs = {}
+        with Progress(len(STAGES), f"export {cfg.name} -> {format} {precision}", enabled=show_progress) as bar:
+            for stage in STAGES:
+                ins, outs = io[stage]
+                args = tuple(torch.from_numpy(a) for a in example_inputs(spec, stage))
+                fname = stage + suffix
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    extra = exporter.export_stage(stages[stage], args, [t.name for t in ins], [t.name for t in outs],
+                                                  tmp / fname, precision)
+                extra = dict(extra or {})
+                extra["export_seconds"] = round(time.perf_counter() - t0, 2)
+                data_names = list(extra.pop("data_files", []) or [])
+                path = tmp / fname
+                graphs[stage] = {
+                    "file": fname,
+                    "sha256": hash_graph(path),
+                    "bytes": _size(path) + sum(_size(tmp / d) for d in data_names),
+                    "inputs": [tensor_to_dict(t) for t in ins],
+                    "outputs": [tensor_to_dict(t) for t in outs],
+                    "data_files": [{"file": d, "sha256": hash_graph(tmp / d)} for d in data_names],
+                    "extra": _jsonable(extra),
+                }
+                bar.update(1, stage)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "format": format,
+            "precision": precision,
+            "variant": cfg.name,
+            "model_config": cfg.to_dict(),
+            "spec": spec.to_dict(),
+            "graphs": graphs,
+            "preprocessing": {
+                "image_size": spec.image_size,
+                "resize": RESIZE_PIL_BICUBIC,
+                "colour_order": COLOUR_ORDER,
+                "layout": "NCHW",
+                "scale": 1.0 / 255.0,
+                "mean": [float(str(x)) for x in IMG_MEAN],  # shortest decimals of the float32 values
+                "std": [float(str(x)) for x in IMG_STD],
+            },
+            "checkpoint": {"file": os.path.basename(str(checkpoint)), "sha256": sha256_file(str(checkpoint))},
+            "exporter": {"name": "sam2-edge", "version": __version__, "module": exporter.__name__,
+                         "seconds": round(time.perf_counter() - t_start, 2)},
+            "libraries": library_versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported %s bundle %s in %.1f s", format, out, time.perf_counter() - t_start)
+    return out
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)

@@ -1,0 +1,51 @@
+"""`sam2-edge export`: a checkpoint -> a bundle folder (four stage graphs + manifest.json).
+
+Registered by `sam2_edge.cli`; torch and the format's exporter load only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ..cli import subcommand
+from ..runtimes.bundle import FORMAT_SUFFIX, PRECISIONS
+
+
+@subcommand("export")
+def _export(p: argparse.ArgumentParser):
+    p.description = ("Export a SAM 2 / 2.1 checkpoint as a bundle for an edge runtime: the four tracker stages "
+                     "(image_encoder, memory_attention, mask_decoder, memory_encoder) as static-shape graphs "
+                     "plus manifest.json. Run it with Tracker.from_bundle(DIR) or from Swift / Kotlin "
+                     "(see export/README.md).")
+    p.add_argument("--checkpoint", required=True, help="official .pt checkpoint ({'model': state_dict})")
+    p.add_argument("--variant", default=None, help="model variant (default: inferred from the checkpoint)")
+    p.add_argument("--format", required=True, choices=list(FORMAT_SUFFIX), help="graph format of the bundle")
+    p.add_argument("--out", required=True, help="bundle folder to create (an existing bundle there is replaced)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="model input side S (multiple of 32; default: the variant's, 1024 for released models)")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                   help="weights / compute precision; inputs and outputs stay float32 (default fp32)")
+    p.add_argument("--cond-slots", type=int, default=2,
+                   help="conditioning (prompted) frames kept in each object's memory (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(a: argparse.Namespace) -> int:
+        from ..runtimes.bundle import load_manifest
+        from .bundle import export_bundle
+
+        t0 = time.perf_counter()
+        out = export_bundle(a.checkpoint, a.out, format=a.format, variant=a.variant, image_size=a.image_size,
+                            precision=a.precision, cond_slots=a.cond_slots,
+                            show_progress=False if a.no_progress else None)
+        seconds = time.perf_counter() - t0
+        m = load_manifest(out)
+        total = 0
+        print(f"bundle   {out}  ({m.format}, {m.precision}, {m.variant}, S={m.spec.image_size}, "
+              f"cond_slots={m.spec.cond_slots})")
+        for stage, g in m.graphs.items():
+            total += g.bytes
+            print(f"  {stage:17s} {g.file:28s} {g.bytes / 1e6:9.2f} MB  sha256 {g.sha256[:16]}…")
+        print(f"total    {total / 1e6:.2f} MB in {seconds:.1f} s")
+        return 0
+    return run

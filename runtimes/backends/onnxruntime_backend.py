@@ -1,0 +1,152 @@
+"""ONNX Runtime backend: one InferenceSession per stage graph of an ONNX bundle.
+
+numpy + onnxruntime only (never torch). CPU by default; CUDA, TensorRT and CoreML
+execution providers when asked for and present in the installed onnxruntime build
+(onnxruntime-gpu for CUDA / TensorRT; the macOS wheel has CoreML). The CPU provider is
+always appended as the fallback for nodes another provider does not take. Graph
+optimisation level ORT_ENABLE_ALL; `threads` sets the intra-op thread count (0 or None:
+onnxruntime's default, one per physical core).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ...errors import BackendUnavailableError, BundleError, InputError
+from ..spec import STAGES, TrackerSpec
+from .base import Backend
+
+log = logging.getLogger(__name__)
+
+_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "nnapi": "NnapiExecutionProvider",
+}
+_PACKAGE_HINT = {
+    "CUDAExecutionProvider": "pip install onnxruntime-gpu (instead of onnxruntime) with a matching CUDA / cuDNN",
+    "TensorrtExecutionProvider": "pip install onnxruntime-gpu and TensorRT (libnvinfer) on the library path",
+    "CoreMLExecutionProvider": "use the macOS onnxruntime wheel (pip install onnxruntime on macOS)",
+    "DmlExecutionProvider": "pip install onnxruntime-directml (Windows)",
+    "OpenVINOExecutionProvider": "pip install onnxruntime-openvino",
+}
+_ORT_TYPES = {"float32": "tensor(float)", "int32": "tensor(int32)"}
+
+ProviderArg = Union[str, Tuple[str, Mapping[str, object]]]
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendUnavailableError("the onnxruntime backend needs ONNX Runtime: pip install 'sam2-edge[onnx]'") \
+            from None
+    return ort
+
+
+def resolve_providers(providers: Optional[Sequence[ProviderArg]], available: Sequence[str]) -> List[ProviderArg]:
+    """Provider names (aliases cpu / cuda / tensorrt / coreml ... or full names, optionally
+    (name, options) pairs) -> the list for InferenceSession, CPU last. A provider that the
+    installed onnxruntime lacks raises BackendUnavailableError naming the package to install."""
+    if providers is None:
+        providers = ["cpu"]
+    if isinstance(providers, str):
+        providers = [p.strip() for p in providers.split(",") if p.strip()]
+    out: List[ProviderArg] = []
+    names = []
+    for p in providers:
+        opts = None
+        if isinstance(p, (tuple, list)):
+            if len(p) != 2 or not isinstance(p[1], Mapping):
+                raise InputError(f"a provider is a name or (name, options dict), got {p!r}")
+            p, opts = p
+        if not isinstance(p, str):
+            raise InputError(f"provider names are strings, got {p!r}")
+        name = _ALIASES.get(p.lower(), p)
+        if name not in available:
+            hint = _PACKAGE_HINT.get(name, "install an onnxruntime build that has it")
+            raise BackendUnavailableError(f"ONNX Runtime execution provider {name} is not available in this "
+                                          f"onnxruntime (available: {', '.join(available)}); {hint}")
+        if name in names:
+            continue
+        names.append(name)
+        out.append((name, dict(opts)) if opts else name)
+    if "CPUExecutionProvider" not in names:
+        out.append("CPUExecutionProvider")
+    return out
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, spec: TrackerSpec, stage_files: Mapping[str, Path],
+                 providers: Optional[Sequence[ProviderArg]] = None, threads: Optional[int] = None) -> None:
+        super().__init__(spec)
+        ort = _import_ort()
+        self.ort = ort
+        missing = [s for s in STAGES if s not in stage_files]
+        if missing:
+            raise BundleError(f"no graph file given for stages {missing}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+            raise InputError(f"threads must be a non-negative integer (0 = onnxruntime default), got {threads!r}")
+        self.providers = resolve_providers(providers, ort.get_available_providers())
+        self.threads = threads or 0
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3  # errors only; ORT warns about benign things (unused initializers, ...)
+        io = spec.io()
+        self.sessions: Dict[str, object] = {}
+        self._in_names: Dict[str, List[str]] = {}
+        self._out_names: Dict[str, List[str]] = {}
+        self._in_dtypes: Dict[str, List[np.dtype]] = {}
+        for stage in STAGES:
+            path = Path(stage_files[stage])
+            try:
+                sess = ort.InferenceSession(str(path), so, providers=self.providers)
+            except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+                raise BundleError(f"onnxruntime cannot load the {stage} graph {path}: {e}. The file is not a "
+                                  "valid ONNX graph for this onnxruntime; re-export the bundle or upgrade "
+                                  "onnxruntime") from None
+            ins, outs = io[stage]
+            self._check_session(stage, sess, ins, outs)
+            self.sessions[stage] = sess
+            self._in_names[stage] = [t.name for t in ins]
+            self._out_names[stage] = [t.name for t in outs]
+            self._in_dtypes[stage] = [np.dtype(t.dtype) for t in ins]
+        self.active_providers = list(self.sessions[STAGES[0]].get_providers())
+
+    @staticmethod
+    def _check_session(stage, sess, ins, outs) -> None:
+        """The graph's own inputs/outputs must be the spec's (names, static shapes, types)."""
+        for kind, got, exp in (("inputs", sess.get_inputs(), ins), ("outputs", sess.get_outputs(), outs)):
+            got_l = [(a.name, tuple(a.shape), a.type) for a in got]
+            exp_l = [(t.name, tuple(t.shape), _ORT_TYPES[t.dtype]) for t in exp]
+            if got_l != exp_l:
+                raise BundleError(f"the {stage} graph's {kind} {got_l} differ from the bundle spec {exp_l}; "
+                                  "the graph does not belong to this bundle. Re-export the bundle.")
+
+    def run(self, stage: str, inputs: Tuple[np.ndarray, ...]) -> Tuple[np.ndarray, ...]:
+        self.check_stage(stage)
+        names = self._in_names[stage]
+        if len(inputs) != len(names):
+            raise InputError(f"{stage} takes {len(names)} inputs ({', '.join(names)}), got {len(inputs)}")
+        feeds = {n: np.ascontiguousarray(a, dtype=dt) for n, a, dt in zip(names, inputs, self._in_dtypes[stage])}
+        return tuple(self.sessions[stage].run(self._out_names[stage], feeds))
+
+    def describe(self) -> str:
+        threads = self.threads or "default"
+        return f"onnxruntime {self.ort.__version__} ({', '.join(self.active_providers)}; threads={threads})"
