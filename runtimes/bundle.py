@@ -35,8 +35,6 @@ DTYPES = ("float32", "int32")
 # the preprocessing every bundle expects (official SAM 2 video predictor)
 RESIZE_PIL_BICUBIC = "pil-bicubic"
 COLOUR_ORDER = "RGB"
-DEFAULT_MEAN = (0.485, 0.456, 0.406)
-DEFAULT_STD = (0.229, 0.224, 0.225)
 
 
 # ---------------------------------------------------------------------------------- hashing

@@ -8,7 +8,6 @@ given; failures raise `CheckpointError` before any model is returned.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import pickle
@@ -19,6 +18,7 @@ import torch
 from .configs import ModelConfig, get_config, list_variants
 from .errors import CheckpointError
 from .modeling.sam2 import SAM2Model
+from .runtimes.bundle import hash_graph
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +27,9 @@ log = logging.getLogger(__name__)
 RENAMES: Dict[str, str] = {}
 
 
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hash_graph(path)
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:

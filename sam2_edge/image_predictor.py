@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError, StateError
+from .modeling.mask_decoder import select_single
 from .modeling.sam2 import ImageFeatures, SAM2Model
 from .prompts import check_image, prompt_points
+from .runtimes.preprocess import IMG_MEAN, IMG_STD
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 def preprocess_image(rgb: np.ndarray, image_size: int, device: torch.device) -> torch.Tensor:
@@ -30,8 +30,8 @@ def preprocess_image(rgb: np.ndarray, image_size: int, device: torch.device) -> 
     x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1).float() / 255.0
     x = F.interpolate(x[None], size=(image_size, image_size), mode="bilinear",
                       align_corners=False, antialias=True)
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    mean = torch.from_numpy(IMG_MEAN).to(device).view(1, 3, 1, 1)
+    std = torch.from_numpy(IMG_STD).to(device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -96,7 +96,6 @@ class ImagePredictor:
         if multimask_output:
             masks, iou = masks[:, 1:], iou[:, 1:]
         else:
-            from .modeling.mask_decoder import select_single
             masks, iou, _ = select_single(masks, iou, masks.new_zeros(1, 4, 1),
                                           torch.zeros(1, dtype=torch.bool, device=dev))
         h, w = self._orig_hw
