@@ -34,7 +34,8 @@ class RoPEAttention(Attention):
         b, h, _, d = k.shape
         # spatial keys = n_rope / hw memory frames of hw tokens, each rotated like the queries
         # (broadcast over frames rather than a repeated table: exporters would fold that into constants)
-        k_rope = apply_rope(k[:, :, :n_rope].reshape(b, h, n_rope // hw, hw, d),
+        # (rank <= 4 throughout: CoreML supports rank <= 5 and apply_rope adds a pair axis)
+        k_rope = apply_rope(k[:, :, :n_rope].reshape(b * h * (n_rope // hw), hw, d),
                             self.rope_cos, self.rope_sin).reshape(b, h, n_rope, d)
         k = torch.cat([k_rope, k[:, :, n_rope:]], dim=2) if num_k_exclude_rope > 0 else k_rope
         return self.out_proj(self.merge(attention(q, k, v, key_bias)))
