@@ -57,7 +57,7 @@ def main() -> int:
     a = p.parse_args()
     from sam2_edge.runtimes import Tracker
 
-    tracker = Tracker.from_bundle(a.bundle) if a.bundle else Tracker.from_checkpoint(a.checkpoint)
+    tracker = Tracker.from_bundle(a.bundle, threads=1) if a.bundle else Tracker.from_checkpoint(a.checkpoint)
     files = sorted((ROOT / "tests/fixtures/micro_stream/frames").glob("*.jpg"))
     frames = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files]
     marks = soak(tracker, frames, a.frames)

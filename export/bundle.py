@@ -36,6 +36,8 @@ from ..runtimes.spec import (LABEL_ABSENT, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_NEG
 log = logging.getLogger(__name__)
 
 FORMATS = tuple(FORMAT_SUFFIX)
+# CoreML runs fp16 on the Neural Engine / GPU: fp16 compute is its default; the others fp32
+DEFAULT_PRECISION = {"onnx": "fp32", "executorch": "fp32", "coreml": "fp16"}
 _EXPORTER_MODULE = {"onnx": "onnx_export", "executorch": "executorch_export", "coreml": "coreml_export"}
 _EXTRA = {"onnx": "export-onnx", "executorch": "executorch", "coreml": "coreml"}
 _LIBRARIES = ("torch", "onnx", "onnxscript", "onnxruntime", "executorch", "coremltools", "numpy")
@@ -110,7 +112,7 @@ def _prepare_out_dir(out: Path) -> None:
 
 
 def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: Optional[str] = None,
-                  image_size: Optional[int] = None, precision: str = "fp32", cond_slots: int = 2,
+                  image_size: Optional[int] = None, precision: Optional[str] = None, cond_slots: int = 2,
                   show_progress: Optional[bool] = None) -> Path:
     """Export the four stages of `checkpoint` as a `format` bundle into `out_dir`.
 
@@ -120,6 +122,8 @@ def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: 
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown bundle format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if precision is None:
+        precision = DEFAULT_PRECISION.get(format, "fp32")
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if isinstance(cond_slots, bool) or not isinstance(cond_slots, int) or not 1 <= cond_slots <= 64:

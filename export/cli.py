@@ -24,8 +24,9 @@ def _export(p: argparse.ArgumentParser):
     p.add_argument("--out", required=True, help="bundle folder to create (an existing bundle there is replaced)")
     p.add_argument("--image-size", type=int, default=None,
                    help="model input side S (multiple of 32; default: the variant's, 1024 for released models)")
-    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
-                   help="weights / compute precision; inputs and outputs stay float32 (default fp32)")
+    p.add_argument("--precision", choices=list(PRECISIONS), default=None,
+                   help="weights / compute precision; inputs and outputs stay float32 "
+                        "(default: fp16 for coreml, fp32 otherwise)")
     p.add_argument("--cond-slots", type=int, default=2,
                    help="conditioning (prompted) frames kept in each object's memory (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
