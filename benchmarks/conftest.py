@@ -30,7 +30,8 @@ FILL_FRAMES = B.STEADY_FROM_DEFAULT  # frames streamed before measuring: every m
 
 def pytest_addoption(parser):
     g = parser.getgroup("sam2-edge benchmarks")
-    g.addoption("--bench-variant", default=B.DEFAULT_VARIANT, help="model variant (random weights without a checkpoint)")
+    g.addoption("--bench-variant", default=B.DEFAULT_VARIANT,
+                help="model variant (random weights without a checkpoint)")
     g.addoption("--bench-checkpoint", default=None, help="official checkpoint (default: random weights)")
     g.addoption("--bench-image-size", type=int, default=None, help="model input side (default: the variant's)")
     g.addoption("--bench-backends", default="torch,onnxruntime,executorch",

@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import importlib.util
 import json
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -271,14 +269,47 @@ def parse_backends(text: Optional[str]) -> List[str]:
     return out
 
 
-def default_threads() -> int:
-    """torch's default intra-op thread count (one per physical core) when torch is installed,
-    else the logical CPU count."""
-    if _has("torch"):
+def physical_cores() -> int:
+    """Physical CPU cores (torch's and ONNX Runtime's default thread count), without importing torch."""
+    try:
+        import psutil  # type: ignore
+
+        n = psutil.cpu_count(logical=False)
+        if n:
+            return int(n)
+    except Exception:  # noqa: BLE001 - optional
+        pass
+    try:
+        cores, phys = set(), None
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    phys = val.strip()
+                elif key == "core id":
+                    cores.add((phys, val.strip()))
+        if cores:
+            return len(cores)
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "hw.physicalcpu"], capture_output=True, text=True, timeout=5)
+            return int(out.stdout.strip())
+        except (OSError, ValueError, subprocess.SubprocessError):
+            pass
+    return int(os.cpu_count() or 1)
+
+
+def default_threads(need_torch: bool = False) -> int:
+    """torch's default intra-op thread count when a torch target runs (one per physical core),
+    else the physical core count (torch is not imported for bundle-only runs)."""
+    if need_torch and _has("torch"):
         import torch
 
         return int(torch.get_num_threads())
-    return int(os.cpu_count() or 1)
+    return physical_cores()
 
 
 # ---------------------------------------------------------------------------------- frames / prompts
@@ -803,8 +834,8 @@ def format_table(rep: dict) -> str:
                      + f"  {'fps':>7}  {'vs first':>8}")
         for t in rep["targets"]:
             run = t["runs"][str(k)]
-            cells = "".join(f"  {_fmt_ms(run['stages_ms'][s]['median']) + '/' + _fmt_ms(run['stages_ms'][s]['p90']):>13}"
-                            for s in ROWS)
+            st = run["stages_ms"]
+            cells = "".join(f"  {_fmt_ms(st[s]['median']) + '/' + _fmt_ms(st[s]['p90']):>13}" for s in ROWS)
             fps, vs = run["fps"], run["vs_first"]["fps"]
             thr = "-" if t["threads"] is None else t["threads"]
             lines.append(f"{t['label']:<{w}} {thr:>3}" + cells
@@ -882,7 +913,8 @@ def bench(a: argparse.Namespace) -> dict:
         raise InputError("--warmup must be >= 0 and --prompt-repeats >= 1")
     objects = _int_list(a.objects, "--objects")
     # a repeated count is kept: `--threads 2,2` runs every target twice (an A/A run shows the noise floor)
-    threads = _int_list(a.threads, "--threads", unique=False) if a.threads else [default_threads()]
+    torch_target = not (a.bundle and a.backends is None and not (a.checkpoint or a.variant))
+    threads = _int_list(a.threads, "--threads", unique=False) if a.threads else [default_threads(torch_target)]
     if a.image_size is not None and (a.image_size % 32 or a.image_size < 64):
         raise InputError(f"--image-size must be a multiple of 32 and >= 64, got {a.image_size}")
     for d in a.bundle or []:
