@@ -28,7 +28,7 @@ from typing import Dict, List
 import numpy as np
 
 from sam2_edge import bench as B
-from sam2_edge.runtimes.spec import STAGES
+from sam2_edge.contract import STAGES
 
 
 class Recorder:

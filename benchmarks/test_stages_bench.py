@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from sam2_edge.runtimes.spec import STAGES
+from sam2_edge.contract import STAGES
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -30,7 +30,7 @@ from ..progress import Progress
 from ..runtimes.bundle import (COLOUR_ORDER, FORMAT_SUFFIX, MANIFEST_NAME, PRECISIONS, RESIZE_PIL_BICUBIC,
                                SCHEMA_VERSION, hash_graph, tensor_to_dict)
 from ..runtimes.preprocess import IMG_MEAN, IMG_STD
-from ..runtimes.spec import (LABEL_ABSENT, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_NEG, LABEL_NOT_A_POINT, LABEL_POS,
+from ..contract import (LABEL_ABSENT, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_NEG, LABEL_NOT_A_POINT, LABEL_POS,
                              MASK_LOWRES_LOGITS, STAGES, TrackerSpec)
 
 log = logging.getLogger(__name__)

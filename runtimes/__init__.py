@@ -8,7 +8,7 @@ only; importing this package never imports torch.
         result = tracker.track(frame)                            # result.masks [N, H, W]
 """
 
-from .spec import STAGES, TensorSpec, TrackerSpec
+from ..contract import STAGES, TensorSpec, TrackerSpec
 from .tracker import StageTimings, Tracker, TrackResult
 
 __all__ = ["Tracker", "TrackResult", "StageTimings", "TrackerSpec", "TensorSpec", "STAGES"]

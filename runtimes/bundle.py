@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
 from ..errors import BundleError
-from .spec import STAGES, TensorSpec, TrackerSpec
+from ..contract import STAGES, TensorSpec, TrackerSpec
 
 SCHEMA_VERSION = 1  # the newest manifest schema this code reads (and the one it writes)
 MANIFEST_NAME = "manifest.json"

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .spec import TrackerSpec
+from ..contract import TrackerSpec
 
 
 def round_bf16(x: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from ..prompts import check_image, prompt_points
 from . import preprocess
 from .backends.base import Backend
 from .memory import ObjectMemory, round_bf16
-from .spec import LABEL_ABSENT, LABEL_NOT_A_POINT, MASK_FULL_BINARY, MASK_LOWRES_LOGITS, MASK_NONE, TrackerSpec
+from ..contract import LABEL_ABSENT, LABEL_NOT_A_POINT, MASK_FULL_BINARY, MASK_LOWRES_LOGITS, MASK_NONE, TrackerSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The tracker's four per-frame stages as modules that take and return tensors only, with
-static shapes (see `sam2_edge.runtimes.spec.TrackerSpec.io`). The exporters trace these
+static shapes (see `sam2_edge.contract.TrackerSpec.io`). The exporters trace these
 very modules; the torch backend runs them eagerly. They hold the model, never subclass it.
 """
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .modeling.sam2 import SAM2Model
-from .runtimes.spec import MASK_FULL_BINARY, MASK_NONE, TrackerSpec
+from .contract import MASK_FULL_BINARY, MASK_NONE, TrackerSpec
 
 Tensor = torch.Tensor
 

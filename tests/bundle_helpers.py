@@ -11,7 +11,7 @@ from typing import Dict, Optional
 
 import numpy as np
 from sam2_edge.runtimes.bundle import FORMAT_SUFFIX, SCHEMA_VERSION, hash_graph, tensor_to_dict
-from sam2_edge.runtimes.spec import STAGES, TrackerSpec
+from sam2_edge.contract import STAGES, TrackerSpec
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO_CKPT = REPO / "tests" / "fixtures" / "micro" / "sam2.1_hiera_micro_seed14.fp16.pt"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from sam2_edge.runtimes.backends.base import Backend
-from sam2_edge.runtimes.spec import TrackerSpec
+from sam2_edge.contract import TrackerSpec
 
 
 class FakeBackend(Backend):

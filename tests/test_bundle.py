@@ -19,7 +19,7 @@ from sam2_edge.errors import BackendUnavailableError, BundleError, InputError
 from sam2_edge.runtimes import bundle_backends
 from sam2_edge.runtimes.bundle import (GraphEntry, Manifest, Preprocessing, hash_graph, load_manifest,
                                        tensor_to_dict)
-from sam2_edge.runtimes.spec import STAGES, TrackerSpec
+from sam2_edge.contract import STAGES, TrackerSpec
 
 
 @pytest.fixture()

@@ -42,7 +42,7 @@ def bundle(request, tmp_path_factory):
 def test_stages_cuda_vs_bundle_cpu(cuda_backend, bundle):
     from sam2_edge.export.bundle import example_inputs
     from sam2_edge.runtimes.bundle_backends import open_bundle
-    from sam2_edge.runtimes.spec import STAGES
+    from sam2_edge.contract import STAGES
 
     cpu = open_bundle(str(bundle))
     for stage in STAGES:

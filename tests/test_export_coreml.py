@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 ct = pytest.importorskip("coremltools")
 
 from conftest import check_close, optional_tiny_ckpt  # noqa: E402
-from sam2_edge.runtimes.spec import STAGES  # noqa: E402
+from sam2_edge.contract import STAGES  # noqa: E402
 from test_export_executorch import eager, stage_cases  # noqa: E402  (realistic inputs, shared)
 
 ON_MACOS = sys.platform == "darwin"

@@ -26,7 +26,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import FIXTURES, REPO_ROOT, check_close, optional_tiny_ckpt  # noqa: E402
-from sam2_edge.runtimes.spec import (LABEL_ABSENT, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_NEG,  # noqa: E402
+from sam2_edge.contract import (LABEL_ABSENT, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_NEG,  # noqa: E402
                                      LABEL_NOT_A_POINT, LABEL_POS, MASK_FULL_BINARY, MASK_LOWRES_LOGITS,
                                      MASK_NONE, STAGES)
 
@@ -344,7 +344,7 @@ def test_backend_module_imports_no_torch():
     runtime does import torch when the backend is constructed (see executorch_backend)."""
     code = ("import sys\n"
             "import sam2_edge.runtimes.backends.executorch_backend as e, sam2_edge.runtimes.backends.coreml_backend as c\n"
-            "from sam2_edge.runtimes.spec import TrackerSpec\n"
+            "from sam2_edge.contract import TrackerSpec\n"
             "if sys.platform != 'darwin':\n"
             "    try:\n"
             "        c.CoreMLBackend(TrackerSpec(256, 64, 16), {})\n"

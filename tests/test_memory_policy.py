@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from sam2_edge.runtimes.memory import ObjectMemory, round_bf16
-from sam2_edge.runtimes.spec import TrackerSpec
+from sam2_edge.contract import TrackerSpec
 
 SPEC = TrackerSpec(image_size=64, d_model=32, mem_dim=8, cond_slots=2)
 

@@ -8,7 +8,7 @@ from typing import Tuple
 
 import numpy as np
 
-from ..spec import STAGES, TrackerSpec
+from ...contract import STAGES, TrackerSpec
 
 
 class Backend(abc.ABC):

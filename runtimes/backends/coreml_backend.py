@@ -15,7 +15,7 @@ from typing import Mapping, Tuple
 import numpy as np
 
 from ...errors import BackendUnavailableError, BundleError, InputError
-from ..spec import STAGES, TrackerSpec
+from ...contract import STAGES, TrackerSpec
 from .base import Backend
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")

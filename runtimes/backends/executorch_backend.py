@@ -17,7 +17,7 @@ from typing import Mapping, Optional, Tuple
 import numpy as np
 
 from ...errors import BackendUnavailableError, BundleError, InputError
-from ..spec import STAGES, TrackerSpec
+from ...contract import STAGES, TrackerSpec
 from .base import Backend
 
 # ExecuTorch ScalarType codes (TensorInfo.dtype) of the dtypes the stages use

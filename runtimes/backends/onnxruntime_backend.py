@@ -17,7 +17,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ...errors import BackendUnavailableError, BundleError, InputError
-from ..spec import STAGES, TrackerSpec
+from ...contract import STAGES, TrackerSpec
 from .base import Backend
 
 log = logging.getLogger(__name__)

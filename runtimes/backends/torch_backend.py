@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ...errors import BackendUnavailableError
-from ..spec import STAGES
+from ...contract import STAGES
 from .base import Backend
 
 

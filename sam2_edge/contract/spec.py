@@ -1,18 +1,15 @@
 """The contract between the tracker and the four stage graphs: names, shapes and dtypes of
-every input and output, and the ring-buffer capacities. numpy only; shared by the torch
-stages, the exporters (manifest) and every runtime backend."""
+every input and output, and the ring-buffer capacities. Standard library only; shared by the
+torch stages, the exporters (manifest) and every runtime backend."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Dict, Tuple
 
-STAGES = ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder")
+from .codes import MAX_CLICKS
 
-# mask_decoder point labels (see sam2_edge/modeling/prompt_encoder.py)
-LABEL_NEG, LABEL_POS, LABEL_BOX_TL, LABEL_BOX_BR, LABEL_NOT_A_POINT, LABEL_ABSENT = 0, 1, 2, 3, -1, -2
-# mask_decoder mask_mode
-MASK_NONE, MASK_LOWRES_LOGITS, MASK_FULL_BINARY = 0, 1, 2
+STAGES = ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder")
 
 
 @dataclass(frozen=True)
@@ -32,7 +29,7 @@ class TrackerSpec:
     num_maskmem: int = 7
     cond_slots: int = 2  # conditioning (prompted) frames kept; the official rule keeps the closest
     ptr_recent: int = 15  # max_obj_ptrs_in_encoder - 1 previous frames' pointers
-    max_clicks: int = 16
+    max_clicks: int = MAX_CLICKS
 
     @property
     def feat_size(self) -> int:
@@ -57,11 +54,6 @@ class TrackerSpec:
     @property
     def prompt_points(self) -> int:
         return self.max_clicks + 3  # clicks + two box corners + the official padding point
-
-    @property
-    def ptr_normaliser(self) -> float:
-        """Pointer temporal encoding divides by min(num_frames, 16) - 1 = 15 for a stream."""
-        return float(self.ptr_recent)
 
     def to_dict(self) -> dict:
         return asdict(self)
