@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from sam2_edge import bench as B
+from sam2_edge.contract import BACKENDS, backend_unavailable
 
 # the same object prompts as `sam2-edge bench` on the shipped clip
 FILL_FRAMES = B.STEADY_FROM_DEFAULT  # frames streamed before measuring: every memory ring full
@@ -130,17 +131,17 @@ class Session:
             d = next(d for d in self.config.getoption("--bench-bundle") if Path(d).name == target_id[7:])
             be = self._open_bundle(d, None)
         elif target_id == "torch":
-            why = B.backend_available("torch", export=False)
+            why = backend_unavailable("torch")
             if why:
                 pytest.skip(f"torch: {why}")
             from sam2_edge.runtimes.backends.torch_backend import TorchBackend
 
             be = TorchBackend(self.model())
         else:
-            why = B.backend_available(target_id, export=True)
+            why = backend_unavailable(target_id, export=True)
             if why:
                 pytest.skip(f"{target_id}: {why}")
-            fmt = B._BACKENDS[target_id][0]
+            fmt = BACKENDS[target_id].format
             size = self.image_size or self.model().cfg.image_size
             out = self.workdir() / f"{self.model().cfg.name}-{size}-{fmt}"
             if not (out / "manifest.json").is_file():
@@ -151,18 +152,16 @@ class Session:
         return be
 
     def _open_bundle(self, d, backend):
-        from sam2_edge.runtimes.bundle_backends import open_bundle
+        from sam2_edge.contract import load_manifest
+        from sam2_edge.runtimes.bundle_backends import backend_name, open_bundle
 
-        try:
+        if B.backend_takes_threads(backend_name(load_manifest(d, verify_hashes=False), backend)):
             return open_bundle(str(d), backend, threads=self.threads)
-        except Exception as e:  # noqa: BLE001 - a backend without a threads option
-            if "does not take options" not in str(e):
-                raise
-            return open_bundle(str(d), backend)
+        return open_bundle(str(d), backend)  # a backend without a threads option
 
     def activate(self) -> None:
         """Set torch's intra-op threads (the torch backend; harmless for the others)."""
-        if B._has("torch"):
+        if backend_unavailable("torch") is None:
             import torch
 
             if torch.get_num_threads() != self.threads:

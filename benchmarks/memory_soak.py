@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
+from sam2_edge.runtimes.video import read_frames
+from sam2_edge.sysinfo import rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def rss_bytes() -> int:
-    """Current resident set size (Linux /proc; falls back to peak RSS elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize()
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def soak(tracker, frames, n: int, checkpoints=(200,), log_every: int = 1000):
@@ -58,8 +48,7 @@ def main() -> int:
     from sam2_edge.runtimes import Tracker
 
     tracker = Tracker.from_bundle(a.bundle, threads=1) if a.bundle else Tracker.from_checkpoint(a.checkpoint)
-    files = sorted((ROOT / "tests/fixtures/micro_stream/frames").glob("*.jpg"))
-    frames = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files]
+    frames = list(read_frames(str(ROOT / "tests/fixtures/micro_stream/frames"))[0])
     marks = soak(tracker, frames, a.frames)
     (r200, mb200), (rend, mbend) = marks[200], marks[a.frames]
     out = {"frames": a.frames, "objects": 3, "rss_after_200": r200, f"rss_after_{a.frames}": rend,

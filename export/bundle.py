@@ -4,14 +4,13 @@ format (ONNX, ExecuTorch or CoreML) and a `manifest.json` that describes them.
     from sam2_edge.export import export_bundle
     export_bundle("sam2.1_hiera_tiny.pt", "bundles/tiny-onnx", format="onnx")
 
-The manifest layout is read (and validated) by `sam2_edge.runtimes.bundle.load_manifest`;
-`export/README.md` documents it for app developers.
+The manifest is a `sam2_edge.contract.Manifest`, written with its `to_json()` and read back
+by the runtime with `load_manifest()`; `export/README.md` documents it for app developers.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import shutil
@@ -25,21 +24,16 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from .. import __version__
+from ..contract import (FORMATS, LABEL_ABSENT, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_NEG, LABEL_NOT_A_POINT, LABEL_POS,
+                        MANIFEST_NAME, MASK_LOWRES_LOGITS, SCHEMA_VERSION, STAGES, DataFile, GraphEntry, Manifest,
+                        Precision, Preprocessing, TrackerSpec, hash_graph, sha256_file)
 from ..errors import BackendUnavailableError, BundleError, ConfigError
 from ..progress import Progress
-from ..runtimes.bundle import (COLOUR_ORDER, FORMAT_SUFFIX, MANIFEST_NAME, PRECISIONS, RESIZE_PIL_BICUBIC,
-                               SCHEMA_VERSION, hash_graph, tensor_to_dict)
-from ..runtimes.preprocess import IMG_MEAN, IMG_STD
-from ..contract import (LABEL_ABSENT, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_NEG, LABEL_NOT_A_POINT, LABEL_POS,
-                             MASK_LOWRES_LOGITS, STAGES, TrackerSpec)
 
 log = logging.getLogger(__name__)
 
-FORMATS = tuple(FORMAT_SUFFIX)
-# CoreML runs fp16 on the Neural Engine / GPU: fp16 compute is its default; the others fp32
-DEFAULT_PRECISION = {"onnx": "fp32", "executorch": "fp32", "coreml": "fp16"}
+# the module of this package that exports each format of the contract's registry
 _EXPORTER_MODULE = {"onnx": "onnx_export", "executorch": "executorch_export", "coreml": "coreml_export"}
-_EXTRA = {"onnx": "export-onnx", "executorch": "executorch", "coreml": "coreml"}
 _LIBRARIES = ("torch", "onnx", "onnxscript", "onnxruntime", "executorch", "coremltools", "numpy")
 
 
@@ -90,7 +84,7 @@ def _exporter(fmt: str):
         if e.name == name:
             raise BackendUnavailableError(f"this sam2-edge has no {fmt} exporter ({name} is missing)") from None
         raise BackendUnavailableError(
-            f"exporting {fmt} bundles needs {e.name!r}: pip install 'sam2-edge[{_EXTRA[fmt]}]'") from None
+            f"exporting {fmt} bundles needs {e.name!r}: pip install 'sam2-edge[{FORMATS[fmt].export_extra}]'") from None
 
 
 def library_versions() -> Dict[str, str]:
@@ -122,10 +116,7 @@ def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: 
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown bundle format {format!r}; choose one of: {', '.join(FORMATS)}")
-    if precision is None:
-        precision = DEFAULT_PRECISION.get(format, "fp32")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    precision = FORMATS[format].default_precision if precision is None else Precision.parse(precision, format)
     if isinstance(cond_slots, bool) or not isinstance(cond_slots, int) or not 1 <= cond_slots <= 64:
         raise ConfigError(f"cond_slots must be an integer 1..64 (conditioning frames kept), got {cond_slots!r}")
     out = Path(out_dir)
@@ -134,10 +125,10 @@ def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: 
     try:
         import torch
 
-        from ..checkpoint import load_checkpoint, sha256_file
+        from ..checkpoint import load_checkpoint
         from ..stages import build_stages, tracker_spec
     except ModuleNotFoundError as e:
-        raise BackendUnavailableError(f"exporting needs {e.name!r}: pip install 'sam2-edge[{_EXTRA[format]}]'") \
+        raise BackendUnavailableError(f"exporting needs {e.name!r}: pip install 'sam2-edge[{FORMATS[format].export_extra}]'") \
             from None
 
     t_start = time.perf_counter()
@@ -145,13 +136,13 @@ def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: 
     spec = tracker_spec(model, cond_slots)
     io = spec.io()
     stages = dict(zip(STAGES, build_stages(model)))
-    suffix = FORMAT_SUFFIX[format]
+    suffix = FORMATS[format].suffix
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         graphs = {}
-        with Progress(len(STAGES), f"export {cfg.name} -> {format} {precision}", enabled=show_progress) as bar:
+        with Progress(len(STAGES), f"export {cfg.name} -> {format} {precision.value}", enabled=show_progress) as bar:
             for stage in STAGES:
                 ins, outs = io[stage]
                 args = tuple(torch.from_numpy(a) for a in example_inputs(spec, stage))
@@ -159,45 +150,24 @@ def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: 
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     extra = exporter.export_stage(stages[stage], args, [t.name for t in ins], [t.name for t in outs],
-                                                  tmp / fname, precision)
+                                                  tmp / fname, precision.value)
                 extra = dict(extra or {})
                 extra["export_seconds"] = round(time.perf_counter() - t0, 2)
                 data_names = list(extra.pop("data_files", []) or [])
                 path = tmp / fname
-                graphs[stage] = {
-                    "file": fname,
-                    "sha256": hash_graph(path),
-                    "bytes": _size(path) + sum(_size(tmp / d) for d in data_names),
-                    "inputs": [tensor_to_dict(t) for t in ins],
-                    "outputs": [tensor_to_dict(t) for t in outs],
-                    "data_files": [{"file": d, "sha256": hash_graph(tmp / d)} for d in data_names],
-                    "extra": _jsonable(extra),
-                }
+                graphs[stage] = GraphEntry(
+                    stage, fname, hash_graph(path), None, ins, outs,
+                    bytes=_size(path) + sum(_size(tmp / d) for d in data_names),
+                    data_files=tuple(DataFile(d, hash_graph(tmp / d)) for d in data_names), extra=_jsonable(extra))
                 bar.update(1, stage)
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "format": format,
-            "precision": precision,
-            "variant": cfg.name,
-            "model_config": cfg.to_dict(),
-            "spec": spec.to_dict(),
-            "graphs": graphs,
-            "preprocessing": {
-                "image_size": spec.image_size,
-                "resize": RESIZE_PIL_BICUBIC,
-                "colour_order": COLOUR_ORDER,
-                "layout": "NCHW",
-                "scale": 1.0 / 255.0,
-                "mean": [float(str(x)) for x in IMG_MEAN],  # shortest decimals of the float32 values
-                "std": [float(str(x)) for x in IMG_STD],
-            },
-            "checkpoint": {"file": os.path.basename(str(checkpoint)), "sha256": sha256_file(str(checkpoint))},
-            "exporter": {"name": "sam2-edge", "version": __version__, "module": exporter.__name__,
-                         "seconds": round(time.perf_counter() - t_start, 2)},
-            "libraries": library_versions(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        manifest = Manifest(
+            root=None, schema_version=SCHEMA_VERSION, format=format, precision=precision, variant=cfg.name,
+            model_config=cfg.to_dict(), spec=spec, graphs=graphs, preprocessing=Preprocessing(spec.image_size),
+            checkpoint_sha256=sha256_file(str(checkpoint)), checkpoint_file=os.path.basename(str(checkpoint)),
+            exporter={"name": "sam2-edge", "version": __version__, "module": exporter.__name__,
+                      "seconds": round(time.perf_counter() - t_start, 2)},
+            libraries=library_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

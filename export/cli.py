@@ -9,7 +9,7 @@ import argparse
 import time
 
 from ..cli import subcommand
-from ..runtimes.bundle import FORMAT_SUFFIX, PRECISIONS
+from ..contract import FORMATS, Precision
 
 
 @subcommand("export")
@@ -20,11 +20,11 @@ def _export(p: argparse.ArgumentParser):
                      "(see export/README.md).")
     p.add_argument("--checkpoint", required=True, help="official .pt checkpoint ({'model': state_dict})")
     p.add_argument("--variant", default=None, help="model variant (default: inferred from the checkpoint)")
-    p.add_argument("--format", required=True, choices=list(FORMAT_SUFFIX), help="graph format of the bundle")
+    p.add_argument("--format", required=True, choices=list(FORMATS), help="graph format of the bundle")
     p.add_argument("--out", required=True, help="bundle folder to create (an existing bundle there is replaced)")
     p.add_argument("--image-size", type=int, default=None,
                    help="model input side S (multiple of 32; default: the variant's, 1024 for released models)")
-    p.add_argument("--precision", choices=list(PRECISIONS), default=None,
+    p.add_argument("--precision", choices=[p.value for p in Precision], default=None,
                    help="weights / compute precision; inputs and outputs stay float32 "
                         "(default: fp16 for coreml, fp32 otherwise)")
     p.add_argument("--cond-slots", type=int, default=2,
@@ -32,7 +32,7 @@ def _export(p: argparse.ArgumentParser):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(a: argparse.Namespace) -> int:
-        from ..runtimes.bundle import load_manifest
+        from ..contract import load_manifest
         from .bundle import export_bundle
 
         t0 = time.perf_counter()

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..contract import Precision
 from ..errors import BackendUnavailableError
 
-PRECISIONS = ("fp16", "fp32")
 # op types kept in float32 under fp16 compute (see the module docstring)
 FP32_OPS = frozenset({"reduce_sum", "clip", "real_div"})
 DEPLOYMENT_TARGET = "iOS17"
@@ -143,8 +143,7 @@ def export_stage(module: nn.Module, example_inputs: Sequence[torch.Tensor], inpu
                  output_names: List[str], path: Path, precision: str = "fp16") -> dict:
     """Write `path` (.mlpackage directory) for one stage; return its manifest info."""
     ct = _require_coremltools()
-    if precision not in PRECISIONS:
-        raise ValueError(f"CoreML precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = Precision.parse(precision, "coreml").value
     path = Path(path)
     if path.suffix != ".mlpackage":
         raise ValueError(f"a CoreML ML program is saved as a .mlpackage directory, got {path}")

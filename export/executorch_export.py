@@ -46,9 +46,9 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..contract import Precision
 from ..errors import BackendUnavailableError
 
-PRECISIONS = ("fp32", "fp16")
 
 aten = torch.ops.aten
 
@@ -337,8 +337,7 @@ def delegation_stats(edge_program) -> dict:
 def lower_stage(module: nn.Module, example_inputs: Tuple[torch.Tensor, ...], precision: str = "fp32"):
     """(edge program manager after XNNPACK lowering, delegation stats)."""
     XnnpackPartitioner, _, to_edge_transform_and_lower, constant_prop_pass = _require_executorch()
-    if precision not in PRECISIONS:
-        raise ValueError(f"ExecuTorch precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = Precision.parse(precision, "executorch").value
     module = module.eval()
     # contiguous: a strided example input (e.g. a numpy view) would export a non-default dim order
     example_inputs = tuple(t.detach().contiguous().clone() for t in example_inputs)

@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 import torch
 
+from ..contract import Precision
 from ..errors import ConfigError
 
 DEFAULT_OPSET = 18  # >= 17 (LayerNormalization); supported by onnxruntime >= 1.14, TensorRT 8.6+, CoreML EP
@@ -186,8 +187,7 @@ def export_stage(module: torch.nn.Module, example_inputs: Tuple[torch.Tensor, ..
     """Export one stage module to `path` (.onnx). Returns extra manifest info: opset,
     exporter used, node count, data files, and (verify) the largest |onnxruntime - eager|
     per output on the example inputs."""
-    if precision not in ("fp32", "fp16"):
-        raise ConfigError(f"ONNX precision must be fp32 or fp16, got {precision!r}")
+    precision = Precision.parse(precision, "onnx").value
     if opset < 17:
         raise ConfigError(f"ONNX opset must be >= 17 (LayerNormalization), got {opset}")
     path = Path(path)

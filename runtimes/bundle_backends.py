@@ -8,45 +8,44 @@ naming the extra to install.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Dict, Optional, Tuple
 
-from ..errors import BackendUnavailableError, BundleError, InputError
+from ..contract import BACKENDS, FORMATS, Manifest, load_manifest, resolve_backend
+from ..errors import BackendUnavailableError, BundleError, ConfigError, InputError
 from .backends.base import Backend
-from .bundle import Manifest, load_manifest
 
-# backend name -> (module under runtimes.backends, class, bundle format it runs, pip extra)
-BACKENDS: Dict[str, Tuple[str, str, str, str]] = {
-    "onnxruntime": ("onnxruntime_backend", "OnnxRuntimeBackend", "onnx", "onnx"),
-    "executorch": ("executorch_backend", "ExecuTorchBackend", "executorch", "executorch"),
-    "coreml": ("coreml_backend", "CoreMLBackend", "coreml", "coreml"),
+# the class under runtimes.backends that implements each bundle backend of the contract's registry
+_CLASSES: Dict[str, Tuple[str, str]] = {
+    "onnxruntime": ("onnxruntime_backend", "OnnxRuntimeBackend"),
+    "executorch": ("executorch_backend", "ExecuTorchBackend"),
+    "coreml": ("coreml_backend", "CoreMLBackend"),
 }
-DEFAULT_BACKEND = {fmt: name for name, (_, _, fmt, _) in BACKENDS.items()}  # format -> backend
-_ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "et": "executorch", "pte": "executorch",
-            "coremltools": "coreml", "mlpackage": "coreml"}
-_RUNTIME_PACKAGES = {"onnxruntime", "executorch", "coremltools"}
+_RUNTIME_PACKAGES = {m for b in BACKENDS.values() for m in b.modules}
 
 
 def backend_name(manifest: Manifest, backend: Optional[str]) -> str:
     """The backend that will run `manifest`'s graphs (given name checked against the format)."""
+    default = FORMATS[manifest.format].backend
     if backend is None:
-        return DEFAULT_BACKEND[manifest.format]
-    if not isinstance(backend, str):
-        raise InputError(f"backend must be a name ({', '.join(BACKENDS)}), got {backend!r}")
-    name = _ALIASES.get(backend.lower(), backend.lower())
+        return default
+    try:
+        name = resolve_backend(backend)
+    except ConfigError:
+        raise InputError(f"unknown backend {backend!r}; choose one of: {', '.join(_CLASSES)}") from None
     if name == "torch":
         raise InputError("the torch backend runs a checkpoint, not a bundle: use Tracker.from_checkpoint(...)")
-    if name not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    fmt = BACKENDS[name][2]
+    fmt = BACKENDS[name].format
     if fmt != manifest.format:
         raise InputError(f"backend {name!r} runs {fmt} bundles, but {manifest.root} is a {manifest.format} bundle; "
-                         f"use backend={DEFAULT_BACKEND[manifest.format]!r} (or leave it out), or export a {fmt} "
-                         "bundle (sam2-edge export --format " + fmt + ")")
+                         f"use backend={default!r} (or leave it out), or export a {fmt} "
+                         "bundle (sam2-edge export --format " + str(fmt) + ")")
     return name
 
 
 def _backend_class(name: str):
-    module, cls, _, extra = BACKENDS[name]
+    module, cls = _CLASSES[name]
+    extra = BACKENDS[name].extra
     full = f"{__package__}.backends.{module}"
     try:
         mod = importlib.import_module(full)
@@ -60,6 +59,15 @@ def _backend_class(name: str):
                 from None
         raise
     return getattr(mod, cls), extra
+
+
+def backend_options(name: str) -> frozenset:
+    """Names of the options (keyword arguments of `open_bundle`) that backend `name` takes,
+    read from its constructor; BackendUnavailableError when its runtime is not installed."""
+    cls, _ = _backend_class(resolve_backend(name))
+    params = inspect.signature(cls.__init__).parameters.values()
+    return frozenset(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)) - {
+        "self", "spec", "stage_files"}
 
 
 def open_bundle(bundle_dir, backend: Optional[str] = None, **options) -> Backend:
@@ -85,4 +93,4 @@ def open_bundle(bundle_dir, backend: Optional[str] = None, **options) -> Backend
     return be
 
 
-__all__ = ["open_bundle", "backend_name", "BACKENDS", "DEFAULT_BACKEND", "BundleError"]
+__all__ = ["open_bundle", "backend_name", "backend_options", "BundleError"]

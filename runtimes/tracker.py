@@ -23,8 +23,6 @@ from ..contract import LABEL_ABSENT, LABEL_NOT_A_POINT, MASK_FULL_BINARY, MASK_L
 
 log = logging.getLogger(__name__)
 
-NO_OBJ_SCORE = -1024.0
-
 
 @dataclass
 class StageTimings:

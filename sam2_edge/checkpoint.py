@@ -18,18 +18,12 @@ import torch
 from .configs import ModelConfig, get_config, list_variants
 from .errors import CheckpointError
 from .modeling.sam2 import SAM2Model
-from .runtimes.bundle import hash_graph
 
 log = logging.getLogger(__name__)
 
 # Official names are used as they are; this table maps the few keys that older releases
 # spell differently (none known for the released SAM 2 / 2.1 files).
 RENAMES: Dict[str, str] = {}
-
-
-def sha256_file(path: str) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hash_graph(path)
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:

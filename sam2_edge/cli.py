@@ -36,12 +36,13 @@ def _info(p: argparse.ArgumentParser):
         from .errors import BackendUnavailableError, CheckpointError
 
         try:
-            from .checkpoint import check_state_dict, match_variant, parameter_names, read_state_dict, sha256_file
+            from .checkpoint import check_state_dict, match_variant, parameter_names, read_state_dict
         except ModuleNotFoundError as e:
             if e.name == "torch":
                 raise BackendUnavailableError("reading checkpoints needs PyTorch: pip install 'sam2-edge[torch]'") from None
             raise
         from .configs import get_config
+        from .contract import sha256_file
 
         sd = read_state_dict(a.checkpoint)
         variant = match_variant(sd)
@@ -72,7 +73,7 @@ def _register_optional() -> None:
     """Subcommands defined by the subpackages (track, export, bench, demo)."""
     import importlib
 
-    for mod in ("sam2_edge.runtimes.cli", "sam2_edge.export.cli", "sam2_edge.bench", "sam2_edge.demo_cli"):
+    for mod in ("sam2_edge.runtimes.cli", "sam2_edge.export.cli", "sam2_edge.bench.cli", "sam2_edge.demo_cli"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

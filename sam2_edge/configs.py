@@ -46,10 +46,6 @@ class ModelConfig:
         return self.version == "2.1"
 
     @property
-    def backbone_stride(self) -> int:
-        return 16
-
-    @property
     def feat_size(self) -> int:
         """Side of the stride-16 image embedding (64 for 1024 input)."""
         return self.image_size // 16

@@ -12,8 +12,8 @@ class CheckpointError(Sam2EdgeError):
     """A checkpoint file is unreadable, not SAM 2, corrupt, or of another variant."""
 
 
-class ConfigError(Sam2EdgeError):
-    """An unknown variant name or an inconsistent configuration."""
+class ConfigError(Sam2EdgeError, ValueError):
+    """An unknown variant, format, precision or backend name, or an inconsistent configuration."""
 
 
 class InputError(Sam2EdgeError, ValueError):

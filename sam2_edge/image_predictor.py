@@ -20,7 +20,7 @@ from .errors import InputError, StateError
 from .modeling.mask_decoder import select_single
 from .modeling.sam2 import ImageFeatures, SAM2Model
 from .prompts import check_image, prompt_points
-from .runtimes.preprocess import IMG_MEAN, IMG_STD
+from .contract import IMG_MEAN, IMG_STD
 
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable, Iterator, Optional, TypeVar
+from typing import Optional
 
-T = TypeVar("T")
 
 
 class Progress:
@@ -44,11 +43,3 @@ class Progress:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def progress(items: Iterable[T], total: Optional[int] = None, desc: str = "") -> Iterator[T]:
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    with Progress(total, desc) as bar:
-        for item in items:
-            yield item
-            bar.update()

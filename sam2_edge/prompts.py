@@ -3,13 +3,12 @@ predictor and the streaming tracker). Every rejection names the fix."""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 
+from .contract import MAX_CLICKS
 from .errors import InputError
-
-MAX_CLICKS = 16
 
 
 def check_image(image, what: str = "image") -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
-from sam2_edge.runtimes.bundle import FORMAT_SUFFIX, SCHEMA_VERSION, hash_graph, tensor_to_dict
+from sam2_edge.contract import FORMATS, SCHEMA_VERSION, hash_graph, tensor_to_dict
 from sam2_edge.contract import STAGES, TrackerSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def make_fake_bundle(root: Path, fmt: str = "onnx", spec: Optional[TrackerSpec] 
     io = spec.io()
     graphs = {}
     for i, stage in enumerate(STAGES):
-        name = stage + FORMAT_SUFFIX[fmt]
+        name = stage + FORMATS[fmt].suffix
         p = root / name
         if fmt == "coreml":  # an .mlpackage is a folder
             (p / "Data" / "com.apple.CoreML").mkdir(parents=True)

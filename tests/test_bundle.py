@@ -17,8 +17,8 @@ from bundle_helpers import (MICRO_SPEC, copy_bundle, make_fake_bundle, micro_onn
                             write_manifest)
 from sam2_edge.errors import BackendUnavailableError, BundleError, InputError
 from sam2_edge.runtimes import bundle_backends
-from sam2_edge.runtimes.bundle import (GraphEntry, Manifest, Preprocessing, hash_graph, load_manifest,
-                                       tensor_to_dict)
+from sam2_edge.contract import (GraphEntry, Manifest, Preprocessing, hash_graph, load_manifest,
+                                tensor_to_dict)
 from sam2_edge.contract import STAGES, TrackerSpec
 
 
@@ -329,7 +329,7 @@ def test_open_bundle_picks_backend_of_format(tmp_path, monkeypatch, fmt, expecte
 
     def fake_class(name):
         seen["name"] = name
-        return Recorder, bundle_backends.BACKENDS[name][3]
+        return Recorder, bundle_backends.BACKENDS[name].extra
 
     monkeypatch.setattr(bundle_backends, "_backend_class", fake_class)
     be = bundle_backends.open_bundle(root, None, threads=1)
@@ -370,8 +370,7 @@ def test_missing_runtime_names_the_extra(fake, monkeypatch):
 
 def test_missing_backend_module(tmp_path, monkeypatch):
     root = make_fake_bundle(tmp_path / "et", fmt="executorch")
-    monkeypatch.setitem(bundle_backends.BACKENDS, "executorch",
-                        ("no_such_backend_module", "X", "executorch", "executorch"))
+    monkeypatch.setitem(bundle_backends._CLASSES, "executorch", ("no_such_backend_module", "X"))
     with pytest.raises(BackendUnavailableError, match="no executorch backend"):
         bundle_backends.open_bundle(root)
 

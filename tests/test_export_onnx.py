@@ -36,7 +36,7 @@ ort = pytest.importorskip("onnxruntime")
 from sam2_edge.export import example_inputs  # noqa: E402
 from sam2_edge.runtimes import Tracker  # noqa: E402
 from sam2_edge.runtimes.backends.base import Backend  # noqa: E402
-from sam2_edge.runtimes.bundle import load_manifest  # noqa: E402
+from sam2_edge.contract import load_manifest  # noqa: E402
 from sam2_edge.runtimes.bundle_backends import open_bundle  # noqa: E402
 from sam2_edge.contract import (MASK_FULL_BINARY, MASK_LOWRES_LOGITS, MASK_NONE, STAGES,  # noqa: E402
                                      TrackerSpec)

@@ -12,10 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
+from pil_reference import _resize_bicubic_pil_int
+from sam2_edge.contract import IMG_MEAN, IMG_STD
 from sam2_edge.runtimes.preprocess import (
-    IMG_MEAN,
-    IMG_STD,
-    _resize_bicubic_pil_int,
     normalize_video,
     pil_horizontal_first,
     resize_bicubic_pil,

@@ -25,11 +25,11 @@ if str(REPO) not in sys.path:  # apps/ is not installed: import it from the chec
 
 from apps.raspi_demo import app as demo_app  # noqa: E402
 from apps.raspi_demo import events as ev  # noqa: E402
-from apps.raspi_demo.capture import (LatestFrameGrabber, SequentialReader, SourceError,  # noqa: E402
-                                     open_reader, open_source)
 from apps.raspi_demo.events import (DeleteAction, DemoController, PauseAction, PromptAction,  # noqa: E402
                                     QuitAction, ResetAction, SelectAction, SnapshotAction)
-from apps.raspi_demo.headless import PromptError, load_prompts, parse_prompts, run_headless  # noqa: E402
+from apps.raspi_demo.headless import run_headless  # noqa: E402
+from sam2_edge.runtimes.video import (LatestFrameGrabber, PromptError, SequentialReader, SourceError,  # noqa: E402
+                                      load_prompts, open_reader, open_source, parse_prompts)
 
 VIDEO = REPO / "tests" / "assets" / "bedroom_240x136_20f.mp4"
 W, H, N_FRAMES = 240, 136, 20
@@ -649,7 +649,7 @@ def test_capture_thread_slow_consumer_no_backlog():
 
 
 def test_parse_source():
-    from apps.raspi_demo.capture import parse_source
+    from sam2_edge.runtimes.video import parse_source
 
     assert parse_source("0") == ("camera", 0)
     assert parse_source("/dev/video2") == ("device", "/dev/video2")

@@ -4,13 +4,17 @@
     sam2-edge demo --bundle DIR --source 0
 
 See README.md in this folder. Modules: `events` (interaction state machine, no GUI),
-`capture` (sources, newest-frame capture thread), `headless` (prompts file -> video + masks),
-`app` (window, HUD, command line).
+`headless` (prompts file -> video + masks), `app` (window, HUD, command line). Sources, the
+newest-frame capture thread, the prompts schema, mask drawing and writers are the video
+pipeline's (`sam2_edge.runtimes.video`, shared with `sam2-edge track`); the names below are
+re-exported from there.
 """
 
-from .capture import LatestFrameGrabber, SequentialReader, SourceError, open_reader, open_source
+from sam2_edge.runtimes.video import (LatestFrameGrabber, PromptError, SequentialReader, SourceError, load_prompts,
+                                      open_reader, open_source, parse_prompts)
+
 from .events import DemoController
-from .headless import PromptError, load_prompts, parse_prompts, run_headless
+from .headless import run_headless
 
 __all__ = ["DemoController", "LatestFrameGrabber", "SequentialReader", "SourceError", "open_reader", "open_source",
            "PromptError", "load_prompts", "parse_prompts", "run_headless"]

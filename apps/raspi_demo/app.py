@@ -4,8 +4,9 @@
     python -m apps.raspi_demo --checkpoint CKPT --source video.mp4 --headless --prompts p.json --out out.mp4
     sam2-edge demo ...                      (same arguments)
 
-The interaction rules live in `events.DemoController`, the capture in `capture`, the offline
-pipeline and the drawing of masks in `headless`.
+The interaction rules live in `events.DemoController`, the offline run loop in `headless`;
+sources, capture threads, prompts files, mask drawing and writers are the video pipeline's
+(`sam2_edge.runtimes.video`, shared with `sam2-edge track`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import numpy as np
 
 from sam2_edge.demo_cli import add_arguments
 from sam2_edge.errors import InputError, Sam2EdgeError, StateError
+from sam2_edge.runtimes.video import (OutputError, VideoSink, draw_masks, load_prompts, object_color, open_reader,
+                                      open_source, result_masks)
+from sam2_edge.sysinfo import rss_bytes
 
-from .capture import open_reader, open_source
 from .events import (DeleteAction, DemoController, PauseAction, PromptAction, QuitAction, ResetAction,
                      SelectAction, SnapshotAction)
-from .headless import OutputError, VideoSink, draw_masks, load_prompts, memory_text, object_color, \
-    result_masks, run_headless
+from .headless import memory_text, run_headless
 
 log = logging.getLogger(__name__)
 
@@ -117,24 +119,6 @@ class FpsMeter:
         return self.fps
 
 
-def process_rss_bytes() -> Optional[int]:
-    """Resident memory of this process (Linux: /proc; elsewhere the peak from getrusage)."""
-    try:
-        with open("/proc/self/status", "r") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak if sys.platform == "darwin" else peak * 1024)
-    except Exception:
-        return None
-
-
 def format_timings(timings: Any) -> str:
     if timings is None:
         return "latency: -"
@@ -181,7 +165,7 @@ class InteractiveApp:
         self.show_help = show_help
         self.max_frames = max_frames
         self.fps = FpsMeter()
-        self.frame: Optional[Any] = None          # the current capture.Frame
+        self.frame: Optional[Any] = None          # the current video.Frame
         self.rgb: Optional[np.ndarray] = None
         self.masks: Dict[int, np.ndarray] = {}
         self.timings: Any = None
@@ -344,7 +328,7 @@ class InteractiveApp:
         c = self.controller
         objs = " ".join(f"[{o}]" if o == c.selected else str(o) for o in c.objects) or "none"
         sel = "-" if c.selected is None else str(c.selected)
-        rss = process_rss_bytes()
+        rss = rss_bytes()
         lines = [
             f"FPS {self.fps.fps:4.1f}  frame {self.frame.index if self.frame else 0}  "
             f"dropped {int(getattr(self.reader, 'dropped', 0))}" + ("  PAUSED" if c.paused else ""),

@@ -101,3 +101,67 @@ class ExecuTorchBackend(Backend):
     def describe(self) -> str:
         threads = f", {self.threads} threads" if self.threads else ""
         return f"executorch (XNNPACK{threads})"
+
+
+# ---------------------------------------------------------------------------------- thread pool
+# ExecuTorch's XNNPACK thread pool is process-wide. Its Python bindings reach it only through
+# private functions of `portable_lib`; they are used here and nowhere else in sam2-edge.
+def _threadpool_api():
+    """(get, reset) of ExecuTorch's thread pool, or None where this executorch lacks them."""
+    try:
+        from executorch.extension.pybindings import portable_lib  # type: ignore
+    except ImportError:
+        return None
+    get = getattr(portable_lib, "_threadpool_get_thread_count", None)
+    reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
+    return None if get is None or reset is None else (get, reset)
+
+
+def threadpool_size() -> Optional[int]:
+    """Threads in ExecuTorch's (process-wide) thread pool; None where it cannot be read
+    (executorch not installed, or a build without the thread-pool bindings)."""
+    api = _threadpool_api()
+    return None if api is None else int(api[0]())
+
+
+def set_threadpool_size(n: int) -> None:
+    """Resize ExecuTorch's process-wide thread pool to `n` threads (no-op when it has `n`).
+    The runtime logs every resize on file descriptor 2; that line is silenced."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"the thread pool size must be a positive integer, got {n!r}")
+    api = _threadpool_api()
+    if api is None:
+        raise BackendUnavailableError("this executorch cannot resize its thread pool (no thread-pool bindings "
+                                      "in executorch.extension.pybindings.portable_lib): pip install "
+                                      "'sam2-edge[executorch]'")
+    get, reset = api
+    if int(get()) == n:
+        return
+    with _quiet_stderr_fd():
+        reset(n)
+
+
+class _quiet_stderr_fd:
+    """Point file descriptor 2 at /dev/null for a moment (C++ logging that Python cannot silence)."""
+
+    def __enter__(self):
+        import os
+        import sys
+
+        self.saved = None
+        try:
+            sys.stderr.flush()
+            self.saved = os.dup(2)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+        except (OSError, AttributeError, ValueError):
+            self.saved = None
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        if self.saved is not None:
+            os.dup2(self.saved, 2)
+            os.close(self.saved)

@@ -22,6 +22,12 @@ class Precision(str, Enum):
     FP32 = "fp32"
     FP16 = "fp16"
 
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
     @classmethod
     def parse(cls, value, fmt: Optional[str] = None) -> "Precision":
         """`value` as a Precision, checked against what format `fmt` can express."""

@@ -5,11 +5,43 @@ torch stages, the exporters (manifest) and every runtime backend."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from .codes import MAX_CLICKS
 
 STAGES = ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder")
+
+# The range of every TrackerSpec number (inclusive). A bundle's manifest is checked against
+# these before anything is allocated, and the tracker's own arguments use the same ranges.
+SPEC_LIMITS: Dict[str, Tuple[int, int]] = {
+    "image_size": (64, 2048),  # a multiple of 16; released models 1024, students 512
+    "d_model": (8, 1024),  # a multiple of mem_dim
+    "mem_dim": (4, 512),
+    "num_maskmem": (2, 16),  # the released models: 7
+    "cond_slots": (1, 64),
+    "ptr_recent": (1, 64),  # the released models: 15
+    "max_clicks": (1, 64),
+}
+# one object's rings (memories + pointers, float32) may not exceed this
+MAX_RING_BYTES = 1 << 30
+
+
+def spec_problem(values: Dict[str, int]) -> Optional[str]:
+    """None when `values` (TrackerSpec fields) are in range and consistent, else what is wrong."""
+    for key, (lo, hi) in SPEC_LIMITS.items():
+        v = values.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            return f"{key} must be an integer {lo}..{hi}, got {v!r:.40}"
+    if values["image_size"] % 16:
+        return f"image_size {values['image_size']} is not a multiple of 16"
+    if values["d_model"] % values["mem_dim"]:
+        return f"d_model {values['d_model']} is not a multiple of mem_dim {values['mem_dim']}"
+    f = values["image_size"] // 16
+    ring = 4 * ((values["cond_slots"] + values["num_maskmem"] - 1) * values["mem_dim"] * f * f
+                + (values["cond_slots"] + values["ptr_recent"]) * values["d_model"])
+    if ring > MAX_RING_BYTES:
+        return f"one object's memory rings would take {ring / 2**20:.0f} MiB (at most {MAX_RING_BYTES >> 20} MiB)"
+    return None
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,9 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from ..contract import LABEL_ABSENT as ABSENT
 from .common import MASKED, LayerNorm2d
 from .position_encoding import PositionEmbeddingRandom
-
-ABSENT = -2
 
 
 class PromptEncoder(nn.Module):

@@ -108,20 +108,6 @@ class SAM2Model(nn.Module):
         low = torch.where(present[:, :, None, None], low, torch.full_like(low, NO_OBJ_SCORE))
         return HeadsOutput(low, iou1, self.gate_pointer(self.obj_ptr_proj(token), present), score)
 
-    def mask_prompt_pointer(self, vision_feats: torch.Tensor, feat_s0: torch.Tensor,
-                            feat_s1: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Object pointer of a mask prompt: SAM heads on the raw features with the learned
-        mask_downsample(mask) as dense prompt, no clicks, single mask; then gated by the
-        decoder's score and again by the mask itself. mask [B, 1, S, S] in {0, 1} -> [B, C]."""
-        b = mask.shape[0]
-        coords = torch.zeros(b, 2, 2, dtype=mask.dtype, device=mask.device)
-        labels = torch.full((b, 2), -1, dtype=torch.int64, device=mask.device)
-        has = torch.ones(b, dtype=torch.bool, device=mask.device)
-        out = self.heads(vision_feats, feat_s0, feat_s1, coords, labels, self.mask_downsample(mask),
-                         has, torch.zeros(b, dtype=torch.bool, device=mask.device))
-        present = mask.flatten(1).amax(dim=1, keepdim=True) > 0
-        return self.gate_pointer(out.obj_ptr, present)
-
     # ---------------------------------------------------------------- memory
     def encode_memory(self, vision_feats: torch.Tensor, low_res: torch.Tensor, obj_score: torch.Tensor,
                       binarize: torch.Tensor) -> torch.Tensor:

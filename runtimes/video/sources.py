@@ -1,15 +1,12 @@
-"""Frame sources of the demo (camera, V4L2 device, video file, network stream, Pi camera) and
-the two ways of reading them:
+"""Frame sources of the video pipeline: what can be opened as a stream of frames.
 
-* `SequentialReader` gives every frame in order (video files, headless runs).
-* `LatestFrameGrabber` reads a live source on a background thread and keeps only the newest
-  frame: a frame captured while the tracker is busy replaces the one waiting, and is counted
-  in `dropped`. Latency therefore stays at one tracker step, however slow the board is.
+Owns the `FrameSource` protocol and its implementations (a `cv2.VideoCapture` for files,
+cameras, V4L2 devices, network streams and GStreamer pipelines; picamera2 for Raspberry Pi
+camera modules; a folder of numbered images), the classification of a ``--source`` value
+(`parse_source`) and the opening of one (`open_source`, whose error lists every attempt).
 
-Both retry a failing read of a live source a few times (a camera unplugged mid-stream, a
-network hiccup), then end cleanly with `end_reason` set; a file simply ends at its last frame.
-
-Frames are BGR uint8 (OpenCV's order); the app converts them to RGB for the tracker.
+How the frames are then read (in order, or newest-only on a background thread) lives in
+`readers`. Frames are BGR uint8 (OpenCV's order); `readers.read_frames` gives RGB.
 """
 
 from __future__ import annotations
@@ -18,21 +15,22 @@ import glob
 import logging
 import os
 import sys
-import threading
-import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, List, Optional, Protocol, Tuple
 
 import cv2
 import numpy as np
 
-from sam2_edge.errors import Sam2EdgeError
+from sam2_edge.errors import InputError
 
 log = logging.getLogger(__name__)
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
-class SourceError(Sam2EdgeError):
-    """A frame source cannot be opened; the message lists what was tried."""
+
+class SourceError(InputError):
+    """A frame source cannot be opened or decoded; the message lists what was tried."""
 
 
 @dataclass
@@ -119,6 +117,40 @@ class PiCamera2Source:
             log.debug("%s: close failed: %s", self.name, e)
 
 
+class ImageFolderSource:
+    """A folder of images (.jpg/.jpeg/.png/.bmp) read in the order of their numeric stems
+    (``0.jpg, 1.jpg, ..., 10.jpg``; non-numeric names last, by name). EXIF orientation is
+    ignored, as PIL does, so frames match what the PyTorch reference sees."""
+
+    is_live = False
+    fps: Optional[float] = None
+
+    def __init__(self, folder: str) -> None:
+        self.name = str(folder)
+        if not os.path.isdir(folder):
+            raise SourceError(f"folder of frames {folder!r} not found")
+        files = [p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not files:
+            raise SourceError(f"no images (.jpg/.png) in folder {folder!r}")
+        files.sort(key=lambda p: (int(p.stem) if p.stem.isdigit() else float("inf"), p.name))
+        self.files: List[Path] = files
+        self.frame_count: Optional[int] = len(files)
+        self._next = 0
+
+    def read(self) -> Tuple[bool, Optional[np.ndarray]]:
+        if self._next >= len(self.files):
+            return False, None
+        p = self.files[self._next]
+        self._next += 1
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # as PIL: no EXIF rotation
+        if img is None:
+            raise SourceError(f"cannot decode image {p}")
+        return True, img
+
+    def release(self) -> None:
+        self._next = len(self.files)
+
+
 def _safe_get(cap: Any, prop: int) -> float:
     try:
         return float(cap.get(prop))
@@ -137,7 +169,7 @@ def _as_bgr(img: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ opening
 def parse_source(spec: str) -> Tuple[str, Any]:
     """Classify a --source value: ("camera", index), ("device", path), ("picamera", index),
-    ("gstreamer", pipeline), ("stream", url) or ("file", path)."""
+    ("gstreamer", pipeline), ("stream", url), ("folder", path) or ("file", path)."""
     s = str(spec).strip()
     if not s:
         raise SourceError("empty --source: give a camera index (0), a device (/dev/video0), a video file or a URL")
@@ -155,6 +187,8 @@ def parse_source(spec: str) -> Tuple[str, Any]:
         return "stream", s
     if s.startswith("/dev/video"):
         return "device", s
+    if os.path.isdir(s):
+        return "folder", s
     return "file", s
 
 
@@ -176,13 +210,19 @@ def open_source(spec: str, width: Optional[int] = None, height: Optional[int] = 
                 opener: Optional[Callable[..., Any]] = None,
                 picamera_factory: Optional[Callable[..., FrameSource]] = None,
                 try_picamera: bool = True) -> FrameSource:
-    """Open a --source value. Raises SourceError listing every attempt when nothing works.
+    """Open a --source value (see `parse_source`). Raises SourceError listing every attempt
+    when nothing works.
 
     `opener` replaces `cv2.VideoCapture` and `picamera_factory` replaces `PiCamera2Source`
     (tests inject fakes).
     """
     opener = opener or cv2.VideoCapture
     kind, target = parse_source(spec)
+
+    if kind == "folder":
+        src = ImageFolderSource(target)
+        log.info("opened folder %s (%d images)", target, src.frame_count)
+        return src
 
     if kind == "file":
         if not os.path.exists(target):
@@ -275,182 +315,3 @@ def open_source(spec: str, width: Optional[int] = None, height: Optional[int] = 
         f"Video devices present: {', '.join(devices) if devices else 'none'}. "
         f"Check the cable and permissions (the user must be in the 'video' group), "
         f"or pass --source FILE / rtsp://... instead.")
-
-
-# ------------------------------------------------------------------------------------------ readers
-class SequentialReader:
-    """Every frame of a source, in order, on the calling thread."""
-
-    def __init__(self, source: FrameSource, max_retries: int = 5, retry_delay: float = 0.2) -> None:
-        self.source = source
-        self.max_retries, self.retry_delay = int(max_retries), float(retry_delay)
-        self.captured = 0
-        self.dropped = 0
-        self.end_reason: Optional[str] = None
-        self.finished = False
-        self._released = False
-
-    def start(self) -> "SequentialReader":
-        return self
-
-    def get(self, timeout: Optional[float] = None) -> Optional[Frame]:
-        if self.finished:
-            return None
-        failures = 0
-        while True:
-            ok, img = self.source.read()
-            if ok and img is not None:
-                f = Frame(self.captured, img, time.monotonic())
-                self.captured += 1
-                return f
-            if not self.source.is_live:
-                expected = getattr(self.source, "frame_count", None)
-                if expected and self.captured < expected:
-                    self.end_reason = f"read failed after {self.captured} of {expected} frames"
-                    log.warning("%s: %s", self.source.name, self.end_reason)
-                else:
-                    self.end_reason = "end of file"
-                self.finished = True
-                return None
-            failures += 1
-            if failures > self.max_retries:
-                self.end_reason = f"read failed {failures} times in a row (camera unplugged or stream down?)"
-                log.warning("%s: %s", self.source.name, self.end_reason)
-                self.finished = True
-                return None
-            log.warning("%s: read failed, retrying (%d/%d)", self.source.name, failures, self.max_retries)
-            time.sleep(self.retry_delay)
-
-    def stop(self) -> None:
-        if not self._released:
-            self._released = True
-            self.source.release()
-
-    def __enter__(self) -> "SequentialReader":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-
-class LatestFrameGrabber:
-    """Reads a source on a background thread and keeps only the newest frame.
-
-    `get()` returns a frame not returned before (waiting for one if needed), so the consumer
-    always works on the freshest image; every frame replaced before it was taken is counted in
-    `dropped`. No queue grows, whatever the speed of the consumer.
-    """
-
-    def __init__(self, source: FrameSource, max_retries: int = 5, retry_delay: float = 0.2) -> None:
-        self.source = source
-        self.max_retries, self.retry_delay = int(max_retries), float(retry_delay)
-        self.captured = 0
-        self.dropped = 0
-        self.delivered = 0
-        self.end_reason: Optional[str] = None
-        self._latest: Optional[Frame] = None
-        self._ended = False
-        self._stop = threading.Event()
-        self._cond = threading.Condition()
-        self._thread: Optional[threading.Thread] = None
-        self._released = False
-
-    @property
-    def finished(self) -> bool:
-        """The source has ended and its last frame was taken."""
-        with self._cond:
-            return self._ended and self._latest is None
-
-    def start(self) -> "LatestFrameGrabber":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=f"capture:{self.source.name}", daemon=True)
-            self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        failures = 0
-        try:
-            while not self._stop.is_set():
-                ok, img = self.source.read()
-                if not ok or img is None:
-                    if not self.source.is_live:
-                        self._finish("end of file")
-                        return
-                    failures += 1
-                    if failures > self.max_retries:
-                        self._finish(f"read failed {failures} times in a row (camera unplugged or stream down?)")
-                        return
-                    log.warning("%s: read failed, retrying (%d/%d)", self.source.name, failures, self.max_retries)
-                    self._stop.wait(self.retry_delay)
-                    continue
-                failures = 0
-                with self._cond:
-                    if self._latest is not None:
-                        self.dropped += 1
-                    self._latest = Frame(self.captured, img, time.monotonic())
-                    self.captured += 1
-                    self._cond.notify_all()
-            self._finish("stopped")
-        except Exception as e:  # never die silently: the consumer would wait forever
-            log.exception("capture thread failed")
-            self._finish(f"capture error: {type(e).__name__}: {e}")
-        finally:
-            # The reading thread releases the source itself: never concurrently with a read.
-            self.source.release()
-
-    def _finish(self, reason: str) -> None:
-        with self._cond:
-            if not self._ended:
-                self._ended = True
-                self.end_reason = reason
-                if reason != "stopped" and reason != "end of file":
-                    log.warning("%s: %s", self.source.name, reason)
-            self._cond.notify_all()
-
-    def get(self, timeout: Optional[float] = None) -> Optional[Frame]:
-        """The newest frame not yet returned; None on timeout or when the source has ended
-        (tell them apart with `finished`)."""
-        if self._thread is None:
-            self.start()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._latest is None and not self._ended:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-            f, self._latest = self._latest, None
-            if f is not None:
-                self.delivered += 1
-            return f
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("capture thread still blocked in read after %.1f s; it will release the source "
-                            "when the read returns", timeout)
-        elif not self._released:
-            self._released = True
-            self.source.release()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def __enter__(self) -> "LatestFrameGrabber":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-
-def open_reader(source: FrameSource, drop_frames: Optional[bool] = None, max_retries: int = 5,
-                retry_delay: float = 0.2):
-    """A `LatestFrameGrabber` for live sources (or when `drop_frames`), else a `SequentialReader`."""
-    drop = source.is_live if drop_frames is None else bool(drop_frames)
-    cls = LatestFrameGrabber if drop else SequentialReader
-    return cls(source, max_retries=max_retries, retry_delay=retry_delay)

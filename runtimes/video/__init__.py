@@ -1,0 +1,32 @@
+"""sam2_edge.runtimes.video: video in, masks out. The one pipeline that `sam2-edge track`, the
+demo (apps/raspi_demo) and `sam2-edge bench` read frames, prompts files and write masks with.
+
+* `sources`: what can be opened (video file, folder of images, camera index, /dev/videoN,
+  rtsp/http URL, GStreamer pipeline, Pi camera) -> a `FrameSource` of BGR frames.
+* `readers`: reading a source in order (`SequentialReader`) or newest-only on a thread
+  (`LatestFrameGrabber`); `read_frames` for batch tools (RGB frames, count, fps).
+* `prompts_file`: the prompts JSON schema and validator, ``--point/--box`` options, and how
+  one frame's prompts are given to a tracker.
+* `overlay`: object colours and mask drawing.
+* `writers`: the annotated video and the per-frame mask PNGs.
+
+numpy and OpenCV only: importing this package never imports torch.
+"""
+
+from .overlay import draw_masks, object_color
+from .prompts_file import PromptError, PromptSpec, apply_prompts, load_prompts, parse_prompts, prompts_from_flags
+from .readers import LatestFrameGrabber, RGBFrames, SequentialReader, open_reader, read_frames
+from .sources import (IMAGE_EXTENSIONS, CvSource, Frame, FrameSource, ImageFolderSource, PiCamera2Source,
+                      SourceError, open_source, parse_source)
+from .writers import OutputError, VideoSink, result_masks, write_masks
+
+__all__ = [
+    # sources / readers
+    "Frame", "FrameSource", "CvSource", "PiCamera2Source", "ImageFolderSource", "IMAGE_EXTENSIONS",
+    "SourceError", "parse_source", "open_source", "SequentialReader", "LatestFrameGrabber", "open_reader",
+    "read_frames", "RGBFrames",
+    # prompts
+    "PromptError", "PromptSpec", "parse_prompts", "load_prompts", "prompts_from_flags", "apply_prompts",
+    # drawing / outputs
+    "object_color", "draw_masks", "OutputError", "VideoSink", "write_masks", "result_masks",
+]

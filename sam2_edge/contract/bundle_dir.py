@@ -1,0 +1,114 @@
+"""A bundle folder on disk: `load_manifest` reads `manifest.json` (bounded in size), validates
+it with `Manifest.from_json`, then checks what needs the file system -- every graph and data
+file resolves inside the folder (no symbolic link out), exists, is the kind of file its
+format needs, and has the recorded sha256. Every failure is a `BundleError` naming the fix.
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict
+
+from ..errors import BundleError
+from .formats import FORMATS
+from .hashing import hash_graph
+from .manifest import _REEXPORT, MANIFEST_NAME, MAX_MANIFEST_BYTES, GraphEntry, Manifest, check_relative
+
+
+def resolve_inside(root: Path, rel: str, where: str) -> Path:
+    """`root / rel` resolved (symlinks followed), refusing anything that leaves `root`."""
+    check_relative(rel, where)
+    root_r = root.resolve()
+    p = (root_r / rel).resolve()
+    if p != root_r and root_r not in p.parents:
+        raise BundleError(f"{where}: graph path {rel!r} resolves to {p}, outside the bundle folder {root_r} "
+                          "(a symbolic link?). The bundle is malformed or malicious: do not use it; re-export it.")
+    return p
+
+
+def _check_package_inside(root: Path, pkg: Path, where: str) -> None:
+    """Every file and link inside a directory graph must stay inside the bundle."""
+    root_r = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(pkg, followlinks=False):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                t = p.resolve()
+                if t != root_r and root_r not in t.parents:
+                    raise BundleError(f"{where}: {p} is a symbolic link to {t}, outside the bundle folder. "
+                                      "The bundle is malformed or malicious: do not use it; re-export it.")
+
+
+def read_manifest_text(root: Path) -> str:
+    if not root.exists():
+        raise BundleError(f"bundle folder {str(root)!r} does not exist; export one with "
+                          "`sam2-edge export --checkpoint CKPT --format onnx --out DIR`")
+    if not root.is_dir():
+        raise BundleError(f"{str(root)!r} is not a folder; a bundle is the folder holding {MANIFEST_NAME}")
+    mpath = root / MANIFEST_NAME
+    if not mpath.is_file():
+        raise BundleError(f"{str(root)!r} has no {MANIFEST_NAME}: not a sam2-edge bundle (or an incomplete "
+                          "export); export one with `sam2-edge export ... --out DIR`")
+    if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{mpath} is {mpath.stat().st_size} bytes, far larger than any manifest; "
+                          "the bundle is corrupt. Re-export it.")
+    try:
+        return mpath.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{mpath} is not valid JSON ({e}); the manifest is corrupt or truncated. "
+                          f"{_REEXPORT}") from None
+
+
+def load_manifest(bundle_dir, verify_hashes: bool = True) -> Manifest:
+    """Read and validate a bundle's manifest and files. Raises BundleError on any problem.
+
+    `verify_hashes=False` skips the sha256 of the graph files (for a quick look; a backend
+    must never open an unverified bundle, and `open_bundle` always verifies).
+    """
+    root = Path(bundle_dir)
+    m = Manifest.from_json(read_manifest_text(root), root.resolve())
+    fmt = m.format
+    graphs: Dict[str, GraphEntry] = {}
+    for stage, g in m.graphs.items():
+        where = f"graphs.{stage}"
+        path = resolve_inside(root, g.file, where)
+        if not path.exists():
+            raise BundleError(f"{where}: graph file {g.file!r} is missing from {root}; the bundle is incomplete "
+                              "(copied partially?). Copy the whole folder again or re-export it.")
+        if FORMATS[fmt].suffix == ".mlpackage":
+            if not path.is_dir():
+                raise BundleError(f"{where}: {g.file!r} must be a .mlpackage folder; re-export the bundle")
+            _check_package_inside(root, path, where)
+        elif not path.is_file():
+            raise BundleError(f"{where}: {g.file!r} is not a file; re-export the bundle")
+        dfs = []
+        for i, df in enumerate(g.data_files):
+            dpath = resolve_inside(root, df.file, f"{where}.data_files[{i}]")
+            if not dpath.is_file():
+                raise BundleError(f"{where}.data_files[{i}]: data file {df.file!r} is missing from {root}; copy the "
+                                  "whole folder again or re-export the bundle")
+            dfs.append(replace(df, path=dpath))
+        graphs[stage] = replace(g, path=path, data_files=tuple(dfs))
+    files = [g.path for g in graphs.values()]
+    if len(set(files)) != len(files):
+        raise BundleError(f"two stages of the manifest point at the same graph file. {_REEXPORT}")
+    if verify_hashes:
+        for stage, g in graphs.items():
+            actual = hash_graph(g.path)
+            if actual != g.sha256:
+                raise BundleError(f"graph {g.file!r} ({stage}) was altered or corrupted: its sha256 is {actual}, the "
+                                  f"manifest records {g.sha256}. Copy the bundle again or re-export it "
+                                  "(sam2-edge export).")
+            for df in g.data_files:
+                actual = hash_graph(df.path)
+                if actual != df.sha256:
+                    raise BundleError(f"data file {df.file!r} of {stage} was altered or corrupted (sha256 {actual}, "
+                                      f"manifest {df.sha256}); copy the bundle again or re-export it")
+    return replace(m, graphs=graphs)
+
+
+__all__ = ["load_manifest", "read_manifest_text", "resolve_inside"]
