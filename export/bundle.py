@@ -19,15 +19,17 @@ import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 
 from .. import __version__
-from ..contract import (FORMATS, LABEL_ABSENT, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_NEG, LABEL_NOT_A_POINT, LABEL_POS,
-                        MANIFEST_NAME, MASK_LOWRES_LOGITS, SCHEMA_VERSION, STAGES, DataFile, GraphEntry, Manifest,
-                        Precision, Preprocessing, TrackerSpec, hash_graph, sha256_file)
-from ..errors import BackendUnavailableError, BundleError, ConfigError
+from ..contract import (FORMATS, MANIFEST_NAME, SCHEMA_VERSION, STAGES, DataFile, GraphEntry, Manifest, Precision,
+                        Preprocessing, hash_graph, sha256_file)
+from ..contract.bundle_dir import SIGNATURE_NAME
+from ..contract.examples import example_inputs
+from ..contract.signing import load_private_key, sign_manifest
+from ..errors import BackendUnavailableError, ConfigError
 from ..progress import Progress
 
 log = logging.getLogger(__name__)
@@ -35,45 +37,6 @@ log = logging.getLogger(__name__)
 # the module of this package that exports each format of the contract's registry
 _EXPORTER_MODULE = {"onnx": "onnx_export", "executorch": "executorch_export", "coreml": "coreml_export"}
 _LIBRARIES = ("torch", "onnx", "onnxscript", "onnxruntime", "executorch", "coremltools", "numpy")
-
-
-def example_inputs(spec: TrackerSpec, stage: str, seed: int = 0) -> Tuple[np.ndarray, ...]:
-    """Random but valid inputs of one stage, in `spec.io()` order: normalised-image-like
-    values, ring slots partly valid, temporal indices and pointer distances in range, a
-    prompt with box corners, clicks, the padding point and absent fillers, mask prompts."""
-    rng = np.random.default_rng(seed)
-    ins, _ = spec.io()[stage]
-    out = []
-    for t in ins:
-        n = t.name
-        if n == "mem_tpos":
-            v = rng.integers(0, spec.num_maskmem, t.shape)
-        elif n in ("mem_valid", "ptr_valid"):
-            v = (rng.random(t.shape) < 0.6).astype(np.float32)
-            v[0, 0] = 1.0  # at least one valid slot (the official code always has one)
-        elif n == "ptr_dist":
-            v = rng.integers(0, spec.ptr_recent + 1, t.shape).astype(np.float32)
-        elif n == "point_coords":
-            v = rng.uniform(0, spec.image_size, t.shape)
-        elif n == "point_labels":
-            v = np.full(t.shape, LABEL_ABSENT)
-            v[0, :5] = (LABEL_BOX_TL, LABEL_BOX_BR, LABEL_POS, LABEL_NEG, LABEL_NOT_A_POINT)
-        elif n == "mask_lowres":
-            v = rng.normal(0, 8, t.shape)
-        elif n == "mask_full":
-            v = (rng.random(t.shape) < 0.3).astype(np.float32)
-        elif n == "mask_mode":
-            v = np.array([MASK_LOWRES_LOGITS])
-        elif n in ("multimask", "add_no_mem", "ptr_gate"):
-            v = np.ones(t.shape)
-        elif n == "binarize":
-            v = np.zeros(t.shape)
-        elif n in ("low_res",):
-            v = rng.normal(0, 8, t.shape)
-        else:
-            v = rng.standard_normal(t.shape)
-        out.append(np.ascontiguousarray(v, dtype=t.dtype))
-    return tuple(out)
 
 
 def _exporter(fmt: str):
@@ -97,17 +60,27 @@ def library_versions() -> Dict[str, str]:
     return out
 
 
+_OUT_KIND = "a bundle made by sam2-edge export (its manifest.json written by the exporter)"
+
+
+def _own_bundle(folder: Path) -> bool:
+    from ..outputs import made_bundle
+
+    return made_bundle(folder, MANIFEST_NAME)
+
+
 def _prepare_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise BundleError(f"--out {str(out)!r} is a file; give a folder for the bundle")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise BundleError(f"--out {str(out)!r} is a non-empty folder that is not a bundle; give a new or empty "
-                          "folder (an existing bundle folder is replaced)")
+    """Before any work: `out` may be missing, empty or a bundle sam2-edge made (it is then
+    replaced when the new one is complete); a file, a link, /proc, an unwritable place or any
+    other folder is an OutputError (sam2_edge.outputs: nothing the user owns is deleted)."""
+    from ..outputs import check_dir
+
+    check_dir(out, "--out", _own_bundle, _OUT_KIND)
 
 
 def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: Optional[str] = None,
                   image_size: Optional[int] = None, precision: Optional[str] = None, cond_slots: int = 2,
-                  show_progress: Optional[bool] = None) -> Path:
+                  show_progress: Optional[bool] = None, sign_key: Optional[str] = None) -> Path:
     """Export the four stages of `checkpoint` as a `format` bundle into `out_dir`.
 
     The bundle is written to a temporary folder next to `out_dir` and moved into place
@@ -119,6 +92,8 @@ def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: 
     precision = FORMATS[format].default_precision if precision is None else Precision.parse(precision, format)
     if isinstance(cond_slots, bool) or not isinstance(cond_slots, int) or not 1 <= cond_slots <= 64:
         raise ConfigError(f"cond_slots must be an integer 1..64 (conditioning frames kept), got {cond_slots!r}")
+    if sign_key is not None:
+        load_private_key(sign_key)  # a wrong or unreadable key fails now, not after the export
     out = Path(out_dir)
     _prepare_out_dir(out)
     exporter = _exporter(format)
@@ -167,10 +142,13 @@ def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: 
             exporter={"name": "sam2-edge", "version": __version__, "module": exporter.__name__,
                       "seconds": round(time.perf_counter() - t_start, 2)},
             libraries=library_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        manifest_bytes = manifest.to_json().encode("utf-8")
+        (tmp / MANIFEST_NAME).write_bytes(manifest_bytes)
+        if sign_key is not None:  # Ed25519 over the exact manifest bytes (which hold every file's sha256)
+            (tmp / SIGNATURE_NAME).write_bytes(sign_manifest(manifest_bytes, sign_key))
+        from ..outputs import replace_dir
+
+        replace_dir(tmp, out, "--out", _own_bundle, _OUT_KIND)  # checks `out` again; keeps anything not ours
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

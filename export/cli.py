@@ -10,6 +10,7 @@ import time
 
 from ..cli import subcommand
 from ..contract import FORMATS, Precision
+from ..errors import ConfigError
 
 
 @subcommand("export")
@@ -29,16 +30,33 @@ def _export(p: argparse.ArgumentParser):
                         "(default: fp16 for coreml, fp32 otherwise)")
     p.add_argument("--cond-slots", type=int, default=2,
                    help="conditioning (prompted) frames kept in each object's memory (default 2)")
+    p.add_argument("--sign", metavar="KEY", default=None,
+                   help="Ed25519 private key (from `sam2-edge keygen KEY`): writes manifest.sig, so a tracker "
+                        "given KEY.pub as a trusted key accepts this bundle")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    try:  # int8 / int8-dynamic: sam2_edge.quantization (calibration options shared with `sam2-edge quantize`)
+        from ..quantization.cli import add_quantize_args, run_quantize
+    except ImportError:
+        add_quantize_args = run_quantize = None
+    if add_quantize_args is not None:
+        add_quantize_args(p.add_argument_group("int8 / int8-dynamic (ONNX)"))
 
     def run(a: argparse.Namespace) -> int:
         from ..contract import load_manifest
         from .bundle import export_bundle
 
+        if a.precision is not None and Precision(a.precision).quantized:
+            if run_quantize is None:
+                raise ConfigError("this installation has no sam2_edge.quantization; int8 bundles need it")
+            if a.sign:
+                raise ConfigError(f"--sign is not supported for {a.precision} bundles yet; sign fp32 / fp16 exports")
+            return run_quantize(a, a.precision, False if a.no_progress else None)
+
         t0 = time.perf_counter()
+        signing = {"sign_key": a.sign} if a.sign else {}
         out = export_bundle(a.checkpoint, a.out, format=a.format, variant=a.variant, image_size=a.image_size,
                             precision=a.precision, cond_slots=a.cond_slots,
-                            show_progress=False if a.no_progress else None)
+                            show_progress=False if a.no_progress else None, **signing)
         seconds = time.perf_counter() - t0
         m = load_manifest(out)
         total = 0
@@ -48,5 +66,21 @@ def _export(p: argparse.ArgumentParser):
             total += g.bytes
             print(f"  {stage:17s} {g.file:28s} {g.bytes / 1e6:9.2f} MB  sha256 {g.sha256[:16]}…")
         print(f"total    {total / 1e6:.2f} MB in {seconds:.1f} s")
+        return 0
+    return run
+
+
+@subcommand("keygen")
+def _keygen(p: argparse.ArgumentParser):
+    p.description = ("Make an Ed25519 key pair for signing bundles: KEY (private, mode 0600; keep it secret) and "
+                     "KEY.pub (give it to the devices that run your bundles: --trusted-key KEY.pub).")
+    p.add_argument("key", help="path of the private key to create (KEY.pub is written beside it)")
+
+    def run(a: argparse.Namespace) -> int:
+        from ..contract.signing import generate_key
+
+        r = generate_key(a.key)
+        print(f"private key {r['private']}  (keep secret; sign with: sam2-edge export ... --sign {r['private']})")
+        print(f"public key  {r['public']}  (key id {r['key_id']}; trust with: --trusted-key {r['public']})")
         return 0
     return run

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Dict, Optional, Tuple
+import logging
+from typing import Dict, Optional, Sequence, Tuple
 
-from ..contract import BACKENDS, FORMATS, Manifest, load_manifest, resolve_backend
+from ..contract import BACKENDS, FORMATS, Manifest, backend_unavailable, resolve_backend, sha256_bytes
+from ..contract.bundle_dir import VerifiedBundle, read_bundle
+from ..contract.signing import verify_manifest
 from ..errors import BackendUnavailableError, BundleError, ConfigError, InputError
 from .backends.base import Backend
+
+log = logging.getLogger(__name__)
 
 # the class under runtimes.backends that implements each bundle backend of the contract's registry
 _CLASSES: Dict[str, Tuple[str, str]] = {
@@ -65,32 +70,76 @@ def backend_options(name: str) -> frozenset:
     """Names of the options (keyword arguments of `open_bundle`) that backend `name` takes,
     read from its constructor; BackendUnavailableError when its runtime is not installed."""
     cls, _ = _backend_class(resolve_backend(name))
-    params = inspect.signature(cls.__init__).parameters.values()
+    return _options_of(cls)
+
+
+def _options_of(cls) -> frozenset:
+    params = list(inspect.signature(cls.__init__).parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return frozenset({"*"})  # takes any keyword
     return frozenset(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)) - {
         "self", "spec", "stage_files"}
 
 
-def open_bundle(bundle_dir, backend: Optional[str] = None, **options) -> Backend:
-    """Validate the bundle (manifest, paths, hashes, shapes; BundleError on any problem),
-    then build the backend for its format (or the named one) with `options`
-    (onnxruntime: providers=..., threads=...)."""
-    manifest = load_manifest(bundle_dir)
+def check_origin(bundle: VerifiedBundle, trusted_keys: Optional[Sequence] = None,
+                 require_signature: bool = False) -> Optional[str]:
+    """Who signed the bundle: the trusted key id, or None for an unsigned bundle that the
+    policy allows (logged as a warning). BundleError when a signature is required but absent,
+    or present but not made by a trusted key / not matching the manifest."""
+    where = bundle.manifest.root
+    if trusted_keys:
+        if bundle.signature is None:
+            raise BundleError(f"bundle {where} is not signed (no manifest.sig) but trusted keys were given; "
+                              "ask its maker for a signed bundle (sam2-edge export --sign KEY)")
+        return verify_manifest(bundle.manifest_bytes, bundle.signature, trusted_keys)
+    if require_signature:
+        raise ConfigError("require_signature needs trusted_keys: the public keys whose signatures you accept")
+    log.warning("bundle %s is %s; loading it on integrity checks alone (pass trusted_keys / --trusted-key to "
+                "require its maker's signature)", where,
+                "signed, but no trusted key was given" if bundle.signature is not None else "not signed")
+    return None
+
+
+def open_bundle(bundle_dir, backend: Optional[str] = None, *, trusted_keys: Optional[Sequence] = None,
+                require_signature: bool = False, isolate: Optional[bool] = None, **options) -> Backend:
+    """Validate the bundle (manifest, paths, shapes), read every graph once into memory and
+    check its sha256, check who signed it, then build the backend for its format (or the
+    named one) from those bytes with `options` (onnxruntime: providers, threads; executorch:
+    threads). BundleError on any problem.
+
+    trusted_keys: public keys (PEM paths or bytes); when given, the bundle must carry a valid
+    signature by one of them. isolate: load and smoke-run every graph in a child process
+    first, so a graph that crashes the runtime becomes a BundleError here; default: on for
+    bundles not signed by a trusted key."""
+    bundle = read_bundle(bundle_dir)
+    manifest = bundle.manifest
     name = backend_name(manifest, backend)
     cls, extra = _backend_class(name)
+    takes = _options_of(cls)
+    unknown = sorted(set(options) - takes) if "*" not in takes else []
+    if unknown:
+        raise InputError(f"backend {name!r} does not take options {unknown}; it takes {sorted(takes) or 'none'}")
+    signer = check_origin(bundle, trusted_keys, require_signature)
+    if isolate is None:
+        isolate = signer is None
+    if isolate:
+        missing = backend_unavailable(name)  # say so here, not as a failed smoke run
+        if missing:
+            raise BackendUnavailableError(f"the {name} backend {missing}")
+        from .smoke import smoke_in_child
+
+        smoke_in_child(manifest.root, name, options, sha256_bytes(bundle.manifest_bytes))
     try:
-        be = cls(manifest.spec, manifest.stage_files, **options)
+        be = cls(manifest.spec, bundle.graphs, **options)
     except ModuleNotFoundError as e:
         root = (e.name or "").split(".")[0]
         if root in _RUNTIME_PACKAGES:
             raise BackendUnavailableError(f"the {name} backend needs {root!r}: pip install 'sam2-edge[{extra}]'") \
                 from None
         raise
-    except TypeError as e:
-        if options and "argument" in str(e):
-            raise InputError(f"backend {name!r} does not take options {sorted(options)}: {e}") from None
-        raise
     be.manifest = manifest  # type: ignore[attr-defined]  # for describe() / apps showing the bundle's origin
+    be.signed_by = signer  # type: ignore[attr-defined]
     return be
 
 
-__all__ = ["open_bundle", "backend_name", "backend_options", "BundleError"]
+__all__ = ["open_bundle", "backend_name", "backend_options", "check_origin", "BundleError"]

@@ -1,8 +1,10 @@
 """Per-object memory as fixed-size ring buffers, and the policy that decides which stored
 frames fill which memory-attention slot. Pure numpy; unit-tested on its own.
 
-Layout (capacities from `TrackerSpec`):
-  memory  [1, Kc + R, mem_dim, f, f]: slots 0..Kc-1 conditioning frames, Kc + (t mod R) recent frame t
+Layout (capacities and the shape of one frame's memory from `TrackerSpec`):
+  memory  [1, Kc + R, *frame]:        slots 0..Kc-1 conditioning frames, Kc + (t mod R) recent frame t
+          (frame = [mem_dim, f, f] for SAM 2's spatial memory, [mem_tokens, mem_dim] for EdgeTAM's
+          perceiver latents: the policy below never looks inside a frame)
   ptrs    [1, Kc + Pr, C]:            slots 0..Kc-1 conditioning frames, Kc + (t mod Pr) recent frame t
 with R = num_maskmem - 1 (6) and Pr = 15. A slot is valid for frame f only if the frame
 number stored with it is the one the official code would use, so stale entries never leak.
@@ -48,7 +50,7 @@ class MemoryInputs:
 @dataclass
 class ObjectMemory:
     spec: TrackerSpec
-    memory: np.ndarray = field(init=False)  # [1, M, mem_dim, f, f]
+    memory: np.ndarray = field(init=False)  # [1, M, *spec.mem_frame_shape]
     mem_frame: np.ndarray = field(init=False)  # [M] int64, -1 = empty
     ptrs: np.ndarray = field(init=False)  # [1, P, C]
     ptr_frame: np.ndarray = field(init=False)  # [P] int64, -1 = empty
@@ -56,7 +58,7 @@ class ObjectMemory:
 
     def __post_init__(self) -> None:
         s = self.spec
-        self.memory = np.zeros((1, s.mem_slots, s.mem_dim, s.feat_size, s.feat_size), np.float32)
+        self.memory = np.zeros((1, s.mem_slots) + s.mem_frame_shape, np.float32)
         self.mem_frame = np.full(s.mem_slots, -1, np.int64)
         self.ptrs = np.zeros((1, s.ptr_slots, s.d_model), np.float32)
         self.ptr_frame = np.full(s.ptr_slots, -1, np.int64)
@@ -90,7 +92,7 @@ class ObjectMemory:
             self.ptr_frame[ps] = t
 
     def commit(self, t: int, maskmem: np.ndarray, ptr: np.ndarray, is_cond: bool) -> None:
-        """Store frame t's memory features [mem_dim, f, f] (already bf16-rounded) and pointer [C]."""
+        """Store frame t's memory features [*spec.mem_frame_shape] (already bf16-rounded) and pointer [C]."""
         kc = self.spec.cond_slots
         if not is_cond:
             self._write_recent(t, maskmem, ptr)

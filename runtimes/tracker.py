@@ -8,18 +8,21 @@ numpy + a backend only. The tracker holds a backend; the backend only runs graph
 from __future__ import annotations
 
 import logging
+import numbers
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import InputError, StateError
+from ..errors import ConfigError, InputError, StateError
 from ..prompts import check_image, prompt_points
 from . import preprocess
 from .backends.base import Backend
 from .memory import ObjectMemory, round_bf16
 from ..contract import LABEL_ABSENT, LABEL_NOT_A_POINT, MASK_FULL_BINARY, MASK_LOWRES_LOGITS, MASK_NONE, TrackerSpec
+from ..contract.spec import spec_problem
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,14 @@ class FrameFeatures:
 
 class Tracker:
     def __init__(self, backend: Backend) -> None:
+        spec = getattr(backend, "spec", None)
+        if not isinstance(spec, TrackerSpec) or not callable(getattr(backend, "run", None)):
+            raise ConfigError(f"Tracker(backend) takes a backend (a .spec TrackerSpec and a .run(stage, inputs)), "
+                              f"got {type(backend).__name__}; use Tracker.from_checkpoint(...) or "
+                              "Tracker.from_bundle(...)")
+        problem = spec_problem(spec.to_dict())
+        if problem:
+            raise ConfigError(f"the backend's tracker spec is invalid: {problem}")
         self.backend = backend
         self.spec: TrackerSpec = backend.spec
         self._objects: Dict[int, ObjectState] = {}
@@ -97,8 +108,11 @@ class Tracker:
     @classmethod
     def from_checkpoint(cls, path: str, variant: Optional[str] = None, backend: str = "torch",
                         device: str = "cpu", image_size: Optional[int] = None, cond_slots: int = 2) -> "Tracker":
+        """A tracker running `path` (an official checkpoint) with the torch backend. Every
+        argument is checked before the checkpoint is read: ConfigError for a device this
+        machine lacks, cond_slots / image_size out of the contract's range or of another type."""
         if backend != "torch":
-            raise InputError(f"from_checkpoint runs the torch backend; for {backend!r} export a bundle "
+            raise InputError(f"from_checkpoint runs the torch backend; for {backend!r:.40} export a bundle "
                              "(sam2-edge export) and use Tracker.from_bundle")
         from .backends.torch_backend import TorchBackend
 
@@ -106,6 +120,19 @@ class Tracker:
 
     @classmethod
     def from_bundle(cls, bundle_dir: str, backend: Optional[str] = None, **options) -> "Tracker":
+        """A tracker running an exported bundle; `options` go to `open_bundle`: trusted_keys=[KEY.pub, ...]
+        (refuse bundles not signed by one of them), require_signature, isolate (smoke-run the graphs in a
+        child process first; default on for bundles without a trusted signature), and the backend's own
+        (onnxruntime: providers=..., threads=N; executorch: threads=N), checked before the bundle loads."""
+        if isinstance(bundle_dir, bool) or not isinstance(bundle_dir, (str, os.PathLike)):
+            raise ConfigError(f"bundle_dir must be a folder path, got {bundle_dir!r:.60}")
+        if backend is not None and not isinstance(backend, str):
+            raise ConfigError(f"backend must be a name (str) or None, got {backend!r:.60}")
+        threads = options.get("threads")
+        if threads is not None and (isinstance(threads, (bool, np.bool_)) or not isinstance(threads, numbers.Integral)
+                                    or threads < 0):
+            raise ConfigError(f"threads must be a non-negative integer (0 or None: the runtime's default), "
+                              f"got {threads!r:.40}")
         from .bundle_backends import open_bundle
 
         return cls(open_bundle(bundle_dir, backend, **options))

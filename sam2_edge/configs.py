@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from .errors import ConfigError
 
@@ -29,6 +29,41 @@ class HieraConfig:
 
 
 @dataclass(frozen=True)
+class RepViTConfig:
+    """RepViT trunk (timm `repvit_m1`: 4.71 M parameters, BatchNorm, strides 4/8/16/32)."""
+
+    embed_dim: Tuple[int, ...] = (48, 96, 192, 384)
+    depth: Tuple[int, ...] = (2, 2, 14, 2)
+    mlp_ratio: int = 2
+    kernel_size: int = 3
+
+    @property
+    def channel_list(self) -> Tuple[int, ...]:
+        """Output channels of the four stages, deepest first (the neck's order)."""
+        return tuple(self.embed_dim)[::-1]
+
+
+@dataclass(frozen=True)
+class PerceiverConfig:
+    """EdgeTAM's 2-D spatial perceiver: every memory frame becomes `num_latents` global tokens
+    + `num_latents_2d` windowed tokens (a sqrt x sqrt grid), width mem_dim, one head."""
+
+    num_latents: int = 256
+    num_latents_2d: int = 256
+    depth: int = 2
+    ff_mult: int = 4
+
+    @property
+    def tokens(self) -> int:
+        return self.num_latents + self.num_latents_2d
+
+    @property
+    def grid(self) -> int:
+        """Side of the 2-D latent grid (16 for 256 latents)."""
+        return int(round(self.num_latents_2d ** 0.5))
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     version: str = "2.1"  # "2" (SAM 2, July 2024) or "2.1" (SAM 2.1, Sept 2024)
@@ -40,10 +75,34 @@ class ModelConfig:
     mem_attn_ffn_dim: int = 2048
     num_maskmem: int = 7
     max_obj_ptrs: int = 16
+    trunk: str = "hiera"  # "hiera" (SAM 2 / 2.1) or "repvit" (EdgeTAM)
+    repvit: Optional[RepViTConfig] = None  # the trunk's config when trunk == "repvit"
+    perceiver: Optional[PerceiverConfig] = None  # EdgeTAM: memories compressed to latent tokens
+    # SAM 2.1's memory flags (None: as the version says; SAM 2 and EdgeTAM have neither)
+    no_obj_embed_spatial: Optional[bool] = None  # learned embedding added to the memory of absent objects
+    obj_ptr_tpos_enc: Optional[bool] = None  # temporal encoding of object pointers (obj_ptr_tpos_proj)
 
     @property
     def is_v21(self) -> bool:
         return self.version == "2.1"
+
+    @property
+    def has_no_obj_embed_spatial(self) -> bool:
+        return self.is_v21 if self.no_obj_embed_spatial is None else self.no_obj_embed_spatial
+
+    @property
+    def has_obj_ptr_tpos_enc(self) -> bool:
+        return self.is_v21 if self.obj_ptr_tpos_enc is None else self.obj_ptr_tpos_enc
+
+    @property
+    def channel_list(self) -> Tuple[int, ...]:
+        """Trunk output channels, deepest first (the FPN neck's backbone_channel_list)."""
+        return self.repvit.channel_list if self.trunk == "repvit" else self.hiera.channel_list
+
+    @property
+    def mem_tokens(self) -> int:
+        """Memory tokens per frame: 0 = the spatial map (mem_dim x f x f), else the perceiver's latents."""
+        return 0 if self.perceiver is None else self.perceiver.tokens
 
     @property
     def feat_size(self) -> int:
@@ -61,9 +120,14 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         d = dict(d)
-        h = d.pop("hiera")
-        hiera = HieraConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in h.items()})
-        return cls(hiera=hiera, **d)
+
+        def sub(kind, v):
+            return None if v is None else kind(**{k: tuple(x) if isinstance(x, list) else x for k, x in v.items()})
+
+        d["hiera"] = sub(HieraConfig, d["hiera"])
+        d["repvit"] = sub(RepViTConfig, d.get("repvit"))
+        d["perceiver"] = sub(PerceiverConfig, d.get("perceiver"))
+        return cls(**d)
 
     def with_image_size(self, image_size: int) -> "ModelConfig":
         if image_size % 32 != 0 or image_size < 64:
@@ -109,3 +173,24 @@ def micro() -> ModelConfig:
     return ModelConfig(name="micro", image_size=256,
                        hiera=HieraConfig(embed_dim=16, stages=(1, 1, 3, 1), global_att_blocks=(3,)),
                        d_model=64, mem_dim=16, mem_attn_layers=2, mem_attn_ffn_dim=128)
+
+
+def _edgetam(name: str, **differs) -> ModelConfig:
+    """EdgeTAM (facebookresearch/EdgeTAM, `edgetam.yaml`): RepViT-M1 trunk, 2-layer memory
+    attention whose cross-attention reads perceiver latents, SAM 2's memory flags."""
+    base = dict(name=name, trunk="repvit", repvit=RepViTConfig(), mem_attn_layers=2, perceiver=PerceiverConfig(),
+                no_obj_embed_spatial=False, obj_ptr_tpos_enc=False)
+    base.update(differs)
+    return ModelConfig(**base)
+
+
+@register
+def edgetam() -> ModelConfig:
+    return _edgetam("edgetam")
+
+
+@register
+def edgetam_micro() -> ModelConfig:
+    """The 5.92 M-parameter EdgeTAM test model of ``shared/reference/edgetam_micro`` (full RepViT-M1)."""
+    return _edgetam("edgetam-micro", image_size=256, d_model=64, mem_dim=16, mem_attn_ffn_dim=128,
+                    perceiver=PerceiverConfig(num_latents=32, num_latents_2d=64))

@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from .cli import subcommand
+from .cli import float_arg, int_arg, subcommand
 from .errors import Sam2EdgeError
 
 _APP = "apps.raspi_demo.app"
@@ -28,29 +28,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bundle", metavar="DIR", help="exported bundle (sam2-edge export ... --out DIR)")
     g.add_argument("--checkpoint", metavar="CKPT", help="official .pt checkpoint (needs the torch extra)")
     m.add_argument("--backend", default=None, help="runtime backend (bundle: default auto; checkpoint: torch)")
+    m.add_argument("--trusted-key", action="append", metavar="KEY.pub",
+                   help="accept --bundle only if signed by this public key (repeatable; see sam2-edge keygen)")
     m.add_argument("--variant", default=None, help="checkpoint variant (default: detected)")
     m.add_argument("--device", default="cpu", help="torch device for --checkpoint (default cpu)")
     s = p.add_argument_group("source")
     s.add_argument("--source", default="0",
                    help="camera index (0), /dev/videoN, picam[:N] (picamera2), video file, rtsp://... URL or a "
                         "GStreamer pipeline ending in appsink (default 0)")
-    s.add_argument("--width", type=int, default=None, help="requested camera width")
-    s.add_argument("--height", type=int, default=None, help="requested camera height")
+    s.add_argument("--width", type=int_arg(1, 16384), default=None, help="requested camera width")
+    s.add_argument("--height", type=int_arg(1, 16384), default=None, help="requested camera height")
     s.add_argument("--drop-frames", choices=("auto", "yes", "no"), default="auto",
                    help="keep only the newest frame while the tracker works (auto: for live sources)")
-    s.add_argument("--retries", type=int, default=5, help="read retries of a live source before giving up (5)")
-    s.add_argument("--retry-delay", type=float, default=0.2, help="seconds between read retries (0.2)")
-    s.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    s.add_argument("--retries", type=int_arg(0, 1_000_000), default=5,
+                   help="read retries of a live source before giving up (5)")
+    s.add_argument("--retry-delay", type=float_arg(0, 60), default=0.2, help="seconds between read retries (0.2)")
+    s.add_argument("--max-frames", type=int_arg(1), default=None, help="stop after this many frames (>= 1)")
     o = p.add_argument_group("headless / output")
     o.add_argument("--headless", action="store_true", help="no window: prompts from --prompts, video to --out")
     o.add_argument("--prompts", metavar="JSON", help="prompts file (headless)")
     o.add_argument("--out", metavar="VIDEO", help="annotated output video (.mp4/.avi); interactive: a recording")
     o.add_argument("--masks-out", metavar="DIR", help="headless: one PNG per frame and object")
-    o.add_argument("--fps", type=float, default=None, help="output video FPS (default: the source's, else 30)")
-    o.add_argument("--log-every", type=float, default=5.0, help="seconds between FPS log lines (headless)")
+    o.add_argument("--fps", type=float_arg(above=0, maximum=1000), default=None,
+                   help="output video FPS, > 0 and <= 1000 (default: the source's, else 30)")
+    o.add_argument("--log-every", type=float_arg(0, 86400), default=5.0,
+                   help="seconds between FPS log lines (headless; 0: none)")
     w = p.add_argument_group("window")
     w.add_argument("--snapshot-dir", default=".", help="where `s` saves snapshots (default .)")
-    w.add_argument("--display-scale", type=float, default=1.0, help="window size / frame size (default 1)")
+    w.add_argument("--display-scale", type=float_arg(above=0, maximum=16), default=1.0,
+                   help="window size / frame size (default 1)")
     w.add_argument("--no-help", action="store_true", help="hide the key help line")
 
 

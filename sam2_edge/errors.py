@@ -28,5 +28,10 @@ class BundleError(Sam2EdgeError):
     """An exported bundle is missing, altered, of a newer schema or inconsistent."""
 
 
+class OutputError(Sam2EdgeError):
+    """An output path (bundle or track folder, video, mask, JSON, plot, snapshot) cannot be written
+    there, or it would replace something sam2-edge did not make. The message names the path and the fix."""
+
+
 class BackendUnavailableError(Sam2EdgeError, ImportError):
     """The runtime package a backend needs is not installed; the message names the extra."""

@@ -19,14 +19,15 @@ Tensor = torch.Tensor
 def tracker_spec(model: SAM2Model, cond_slots: int = 2) -> TrackerSpec:
     cfg = model.cfg
     return TrackerSpec(image_size=cfg.image_size, d_model=cfg.d_model, mem_dim=cfg.mem_dim,
-                       num_maskmem=cfg.num_maskmem, cond_slots=cond_slots, ptr_recent=cfg.max_obj_ptrs - 1)
+                       num_maskmem=cfg.num_maskmem, cond_slots=cond_slots, ptr_recent=cfg.max_obj_ptrs - 1,
+                       mem_tokens=cfg.mem_tokens)
 
 
 class ImageEncoderStage(nn.Module):
     def __init__(self, model: SAM2Model) -> None:
         super().__init__()
         self.model = model
-        model.image_encoder.trunk.freeze_positional_embedding()
+        model.image_encoder.trunk.freeze()  # Hiera: constant pos-embed; RepViT: BatchNorm folded
 
     def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         f = self.model.encode_image(image)  # [1, 3, S, S] -> s0, s1, level 2, its sine PE

@@ -35,6 +35,17 @@ def micro_onnx_bundle(tmp_path_factory, precision: str = "fp32") -> Path:
     return _CACHE[key]
 
 
+def micro_pte_bundle(tmp_path_factory) -> Path:
+    """The micro checkpoint exported as an ExecuTorch bundle, once per session (read-only)."""
+    if "pte" not in _CACHE:
+        from sam2_edge.export import export_bundle
+
+        out = tmp_path_factory.mktemp("bundles") / "micro-pte"
+        export_bundle(str(MICRO_CKPT), str(out), format="executorch", show_progress=False)
+        _CACHE["pte"] = out
+    return _CACHE["pte"]
+
+
 def copy_bundle(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, symlinks=True)
     return dst

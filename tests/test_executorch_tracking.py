@@ -25,10 +25,9 @@ DRIFT_MAX_DIFF = 0.005  # <= 0.5 % differing pixels on every one of 200 frames
 
 @pytest.fixture(scope="module")
 def et_bundle(tmp_path_factory):
-    from sam2_edge.export import export_bundle
+    from bundle_helpers import micro_pte_bundle
 
-    return export_bundle(str(MICRO_CKPT), str(tmp_path_factory.mktemp("et") / "bundle"), format="executorch",
-                         show_progress=False)
+    return micro_pte_bundle(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -318,6 +318,9 @@ def test_cli_export_fp16_bundle(tmp_path_factory, bundle, one_thread, capsys):
     from sam2_edge.cli import main
 
     out = make_fake_bundle(tmp_path_factory.mktemp("fp16") / "micro-fp16")
+    # an older bundle *sam2-edge* made: only such a folder is replaced (sam2_edge.outputs)
+    old = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps(dict(old, exporter={"name": "sam2-edge"})))
     rc = main(["export", "--checkpoint", str(MICRO_CKPT), "--format", "onnx", "--out", str(out),
                "--precision", "fp16", "--no-progress"])
     assert rc == 0

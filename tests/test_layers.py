@@ -27,6 +27,11 @@ LAYER_OF = {
     "sam2_edge.runtimes": "runtime",
     "sam2_edge.export": "export",
     "sam2_edge.quantization": "export",
+    "sam2_edge.quantization.calibration": "app",  # drives the runtime's tracker over calibration frames
+    "sam2_edge.quantization.pipeline": "app",
+    "sam2_edge.quantization.cli": "app",
+    "sam2_edge.evaluation": "app",
+    "sam2_edge.evaluation.metrics": "base",  # numpy + cv2 only
     # the user-facing layer: command line, benchmark, apps
     "sam2_edge.cli": "app",
     "sam2_edge.demo_cli": "app",

@@ -12,7 +12,9 @@ sources, capture threads, prompts files, mask drawing and writers are the video 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -21,10 +23,12 @@ from typing import Any, Dict, List, Optional, Protocol, Tuple
 import cv2
 import numpy as np
 
+from sam2_edge.cli import describe_os_error, one_line
 from sam2_edge.demo_cli import add_arguments
 from sam2_edge.errors import InputError, Sam2EdgeError, StateError
-from sam2_edge.runtimes.video import (OutputError, VideoSink, draw_masks, load_prompts, object_color, open_reader,
-                                      open_source, result_masks)
+from sam2_edge.outputs import StagedDir, check_dir, check_writable_dir
+from sam2_edge.runtimes.video import (OutputError, VideoSink, check_video_path, draw_masks, is_masks_folder,
+                                      load_prompts, object_color, open_reader, open_source, result_masks, safe_fps)
 from sam2_edge.sysinfo import rss_bytes
 
 from .events import (DeleteAction, DemoController, PauseAction, PromptAction, QuitAction, ResetAction,
@@ -374,13 +378,24 @@ def load_tracker(args: argparse.Namespace) -> Any:
                             f"installation: {e}") from e
     if args.bundle:
         log.info("loading bundle %s", args.bundle)
-        return Tracker.from_bundle(args.bundle, backend=args.backend)
+        return Tracker.from_bundle(args.bundle, backend=args.backend,
+                                   trusted_keys=getattr(args, "trusted_key", None))
     log.info("loading checkpoint %s", args.checkpoint)
     return Tracker.from_checkpoint(args.checkpoint, variant=args.variant, backend=args.backend or "torch",
                                    device=args.device)
 
 
+MASKS_KIND = "a folder of mask PNGs an earlier demo run wrote (NNNNN_objK.png files only)"
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _check_args(a: argparse.Namespace) -> None:
+    """Every argument and output path, before the source opens and the model loads (the
+    command line's type functions check the numbers too; this also covers callers that
+    build the Namespace themselves)."""
     if a.headless:
         missing = [n for n, v in (("--prompts JSON", a.prompts), ("--out VIDEO", a.out)) if not v]
         if missing:
@@ -389,12 +404,43 @@ def _check_args(a: argparse.Namespace) -> None:
         for flag, v in (("--prompts", a.prompts), ("--masks-out", a.masks_out)):
             if v:
                 raise InputError(f"{flag} is for --headless runs (in the window, click the objects instead)")
-    if a.display_scale <= 0:
+    if not _finite(a.display_scale) or a.display_scale <= 0:
         raise InputError(f"--display-scale must be > 0, got {a.display_scale}")
     if a.retries < 0:
         raise InputError(f"--retries must be >= 0, got {a.retries}")
     if a.max_frames is not None and a.max_frames <= 0:
         raise InputError(f"--max-frames must be > 0, got {a.max_frames}")
+    if a.fps is not None and not (_finite(a.fps) and 0 < a.fps <= 1000):
+        raise InputError(f"--fps must be a number > 0 and <= 1000, got {a.fps}")
+    for flag, v in (("--log-every", a.log_every), ("--retry-delay", a.retry_delay)):
+        if not _finite(v) or v < 0:
+            raise InputError(f"{flag} must be a finite number >= 0, got {v}")
+    if a.out:
+        check_video_path(a.out, "--out")
+    if a.masks_out:
+        check_dir(a.masks_out, "--masks-out", is_masks_folder, MASKS_KIND)
+        if a.out and os.path.abspath(a.out).startswith(os.path.join(os.path.abspath(a.masks_out), "")):
+            raise InputError(f"--out {a.out!r} lies inside --masks-out {a.masks_out!r}; put the video elsewhere")
+    if not a.headless:
+        check_writable_dir(a.snapshot_dir, "--snapshot-dir")
+
+
+def _headless(a: argparse.Namespace, tracker: Any, reader: Any, prompts: Any, fps: float) -> int:
+    """run_headless; with --masks-out the PNGs go to a temporary sibling folder that replaces
+    --masks-out at the end (also after an error or Ctrl-C, like the video: what was written is kept)."""
+    if not a.masks_out:
+        return run_headless(tracker, reader, prompts, a.out, fps=fps, log_every=a.log_every,
+                            max_frames=a.max_frames, origin=a.prompts).exit_code
+    with StagedDir(a.masks_out, "--masks-out", is_masks_folder, MASKS_KIND) as stage:
+        try:
+            res = run_headless(tracker, reader, prompts, a.out, masks_out=str(stage.path), fps=fps,
+                               log_every=a.log_every, max_frames=a.max_frames, origin=a.prompts)
+        except BaseException:
+            with contextlib.suppress(Sam2EdgeError, OSError):
+                stage.commit()
+            raise
+        stage.commit()
+    return res.exit_code
 
 
 def run(a: argparse.Namespace) -> int:
@@ -411,13 +457,11 @@ def run(a: argparse.Namespace) -> int:
     reader = open_reader(source, drop_frames=drop, max_retries=a.retries, retry_delay=a.retry_delay)
     sink = None
     try:
-        fps = a.fps or source.fps or 30.0
+        fps = safe_fps(a.fps or source.fps)
         sink = VideoSink(a.out, fps) if (a.out and not a.headless) else None  # checks the path before loading
         tracker = load_tracker(a)
         if a.headless:
-            res = run_headless(tracker, reader, prompts, a.out, masks_out=a.masks_out, fps=fps,
-                               log_every=a.log_every, max_frames=a.max_frames, origin=a.prompts)
-            return res.exit_code
+            return _headless(a, tracker, reader, prompts, fps)
         app = InteractiveApp(tracker, reader, display, sink=sink, snapshot_dir=a.snapshot_dir,
                              display_scale=a.display_scale, source_fps=source.fps, live=source.is_live,
                              show_help=not a.no_help, max_frames=a.max_frames)
@@ -441,7 +485,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return run(args)
     except Sam2EdgeError as e:
-        log.error("%s", e)
+        log.error("%s", one_line(e))
         return 2
     except KeyboardInterrupt:
         return 130
+    except OSError as e:
+        log.debug("traceback", exc_info=True)
+        log.error("%s", describe_os_error(e))
+        return 1
+    except Exception as e:  # noqa: BLE001 - one line, never a traceback (unless -v)
+        log.debug("traceback", exc_info=True)
+        log.error("internal error: %s: %s%s", type(e).__name__, one_line(e),
+                  "" if args.verbose else " (run with -v for the traceback)")
+        return 1

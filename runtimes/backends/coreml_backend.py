@@ -9,6 +9,7 @@ installed (it is optional for prediction).
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 from typing import Mapping, Tuple
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from ...errors import BackendUnavailableError, BundleError, InputError
 from ...contract import STAGES, TrackerSpec
+from ...contract.bundle_dir import GraphBlob
 from .base import Backend
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
@@ -44,6 +46,8 @@ class CoreMLBackend(Backend):
             path = stage_files.get(stage)
             if path is None:
                 raise BundleError(f"no CoreML model for stage {stage!r}")
+            if isinstance(path, GraphBlob):  # verified bytes: run exactly those, from a private copy
+                path = self._private_copy(path)
             path = Path(path)
             if not path.exists():
                 raise BundleError(f"CoreML model {path} is missing")
@@ -57,6 +61,18 @@ class CoreMLBackend(Backend):
             if got_in != [t.name for t in ins] or got_out != [t.name for t in outs]:
                 raise BundleError(f"{path}: inputs {got_in} / outputs {got_out} do not match the {stage} stage")
             self._models[stage] = model
+
+    def _private_copy(self, blob: GraphBlob) -> Path:
+        """Write a verified .mlpackage to a private temporary folder (mode 0700) kept for the
+        backend's lifetime, so CoreML loads the bytes that were hashed, not the bundle's files."""
+        if not hasattr(self, "_tmp"):
+            self._tmp = tempfile.TemporaryDirectory(prefix="sam2-edge-coreml-")
+        pkg = Path(self._tmp.name) / Path(blob.file).name
+        for rel, data in blob.package.items():
+            dst = pkg / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(data)
+        return pkg
 
     def run(self, stage: str, inputs: Tuple[np.ndarray, ...]) -> Tuple[np.ndarray, ...]:
         self.check_stage(stage)

@@ -18,6 +18,7 @@ import numpy as np
 
 from ...errors import BackendUnavailableError, BundleError, InputError
 from ...contract import STAGES, TrackerSpec
+from ...contract.bundle_dir import GraphBlob
 from .base import Backend
 
 # ExecuTorch ScalarType codes (TensorInfo.dtype) of the dtypes the stages use
@@ -56,15 +57,18 @@ class ExecuTorchBackend(Backend):
         self._io = io
         self._methods = {}
         for stage in STAGES:
-            path = stage_files.get(stage)
-            if path is None:
+            source = stage_files.get(stage)
+            if source is None:
                 raise BundleError(f"no ExecuTorch program for stage {stage!r}")
-            path = Path(path)
-            if not path.is_file():
-                raise BundleError(f"ExecuTorch program {path} is missing")
+            if isinstance(source, GraphBlob):  # bytes read once and checked against the manifest
+                path, data = Path(source.file), source.data
+            else:
+                path = data = Path(source)
+                if not path.is_file():
+                    raise BundleError(f"ExecuTorch program {path} is missing")
             try:
                 program = runtime.load_program(
-                    path, verification=Verification.InternalConsistency if verify else Verification.Minimal)
+                    data, verification=Verification.InternalConsistency if verify else Verification.Minimal)
                 method = program.load_method("forward")
             except Exception as e:  # the bindings raise RuntimeError / ValueError on bad files
                 raise BundleError(f"cannot load ExecuTorch program {path}: {e}") from e

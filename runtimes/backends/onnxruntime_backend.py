@@ -11,6 +11,7 @@ onnxruntime's default, one per physical core).
 from __future__ import annotations
 
 import logging
+import posixpath
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -18,7 +19,9 @@ import numpy as np
 
 from ...errors import BackendUnavailableError, BundleError, InputError
 from ...contract import STAGES, TrackerSpec
+from ...contract.bundle_dir import GraphBlob
 from .base import Backend
+from .onnx_external import external_locations
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,10 @@ def resolve_providers(providers: Optional[Sequence[ProviderArg]], available: Seq
     return out
 
 
+def _name(source) -> str:
+    return source.file if isinstance(source, GraphBlob) else str(source)
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -102,24 +109,21 @@ class OnnxRuntimeBackend(Backend):
             raise InputError(f"threads must be a non-negative integer (0 = onnxruntime default), got {threads!r}")
         self.providers = resolve_providers(providers, ort.get_available_providers())
         self.threads = threads or 0
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3  # errors only; ORT warns about benign things (unused initializers, ...)
+        so = self._options()
         io = spec.io()
         self.sessions: Dict[str, object] = {}
         self._in_names: Dict[str, List[str]] = {}
         self._out_names: Dict[str, List[str]] = {}
         self._in_dtypes: Dict[str, List[np.dtype]] = {}
         for stage in STAGES:
-            path = Path(stage_files[stage])
+            source = stage_files[stage]
             try:
-                sess = ort.InferenceSession(str(path), so, providers=self.providers)
+                sess = self._session(stage, source, so)
+            except BundleError:
+                raise
             except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-                raise BundleError(f"onnxruntime cannot load the {stage} graph {path}: {e}. The file is not a "
-                                  "valid ONNX graph for this onnxruntime; re-export the bundle or upgrade "
+                raise BundleError(f"onnxruntime cannot load the {stage} graph {_name(source)}: {e}. The file is "
+                                  "not a valid ONNX graph for this onnxruntime; re-export the bundle or upgrade "
                                   "onnxruntime") from None
             ins, outs = io[stage]
             self._check_session(stage, sess, ins, outs)
@@ -128,6 +132,43 @@ class OnnxRuntimeBackend(Backend):
             self._out_names[stage] = [t.name for t in outs]
             self._in_dtypes[stage] = [np.dtype(t.dtype) for t in ins]
         self.active_providers = list(self.sessions[STAGES[0]].get_providers())
+
+    def _options(self):
+        ort = self.ort
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3  # errors only; ORT warns about benign things (unused initializers, ...)
+        return so
+
+    def _session(self, stage: str, source, base_options):
+        """An InferenceSession of a verified in-memory graph (GraphBlob: bytes checked against the
+        manifest; its external data only from the manifest's hashed data files, from memory)
+        or, for a trusted local file, of a path."""
+        ort = self.ort
+        if not isinstance(source, GraphBlob):
+            return ort.InferenceSession(str(Path(source)), base_options, providers=self.providers)
+        so = base_options
+        try:
+            locations = external_locations(source.data)
+        except BundleError as e:
+            raise BundleError(f"onnxruntime cannot load the {stage} graph {source.file}: {e}") from None
+        if locations:
+            folder = posixpath.dirname(source.file)
+            names, buffers = [], []
+            for loc in locations:
+                rel = posixpath.normpath(posixpath.join(folder, loc))
+                if (posixpath.isabs(loc) or "\\" in loc or ".." in loc.split("/") or rel not in source.data_files):
+                    raise BundleError(f"the {stage} graph reads its weights from {loc!r}, which is not one of the "
+                                      f"data files its manifest lists and hashes ({sorted(source.data_files)}). "
+                                      "The bundle is malformed or malicious: do not use it; re-export it.")
+                names.append(loc)
+                buffers.append(source.data_files[rel])
+            so = self._options()
+            so.add_external_initializers_from_files_in_memory(names, buffers, [len(b) for b in buffers])
+        return ort.InferenceSession(source.data, so, providers=self.providers)
 
     @staticmethod
     def _check_session(stage, sess, ins, outs) -> None:

@@ -3,20 +3,98 @@ exported backend. Imports torch only when constructed."""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import numbers
+import os
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from ...errors import BackendUnavailableError
+from ...errors import BackendUnavailableError, ConfigError
 from ...contract import STAGES
+from ...contract.spec import SPEC_LIMITS
 from .base import Backend
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def _import_torch():
+    try:
+        import torch
+    except ModuleNotFoundError as e:
+        if e.name == "torch":
+            raise BackendUnavailableError("the torch backend needs PyTorch: pip install 'sam2-edge[torch]'") from None
+        raise
+    return torch
+
+
+def check_device(device: Any) -> str:
+    """A torch device that exists on this machine -> its name ("cpu", "cuda:0", "mps");
+    ConfigError for anything else: not a device string, a device type sam2-edge does not run
+    on, CUDA without a CUDA build / GPU, a GPU index past the last, MPS off a Mac."""
+    torch = _import_torch()
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str) or not device.strip():
+        raise ConfigError(f"device must be a string like 'cpu', 'cuda', 'cuda:1' or 'mps', got {device!r:.60}")
+    try:
+        d = torch.device(device.strip())
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"device {device!r:.60} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if d.type not in DEVICE_TYPES:
+        raise ConfigError(f"device {device!r}: sam2-edge runs the torch backend on {', '.join(DEVICE_TYPES)}, "
+                          f"not {d.type}")
+    if d.index is not None and d.index < 0:
+        raise ConfigError(f"device {device!r}: the device index must be >= 0")
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"PyTorch {torch.__version__} " + ("has no CUDA support" if torch.version.cuda is None
+                                                       else "finds no CUDA GPU (driver / CUDA_VISIBLE_DEVICES)")
+            raise ConfigError(f"device {device!r}: {build}; use --device cpu, or install a CUDA build of PyTorch "
+                              "on a machine with an NVIDIA GPU")
+        n = torch.cuda.device_count()
+        if (d.index or 0) >= n:
+            raise ConfigError(f"device {device!r}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+    elif d.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"device {device!r}: Apple's MPS is not available here (it needs macOS on Apple "
+                              "silicon and an MPS build of PyTorch); use --device cpu")
+        if (d.index or 0) > 0:
+            raise ConfigError(f"device {device!r}: there is one MPS device, 'mps'")
+    elif d.index not in (None, 0):
+        raise ConfigError(f"device {device!r}: there is one CPU device, 'cpu'")
+    return str(d)
+
+
+def check_cond_slots(cond_slots: Any) -> int:
+    """The number of conditioning frames each object keeps: an integer in the contract's range."""
+    lo, hi = SPEC_LIMITS["cond_slots"]
+    if isinstance(cond_slots, (bool, np.bool_)) or not isinstance(cond_slots, numbers.Integral) \
+            or not lo <= cond_slots <= hi:
+        raise ConfigError(f"cond_slots must be an integer {lo}..{hi} (conditioning frames kept per object), "
+                          f"got {cond_slots!r:.40}")
+    return int(cond_slots)
+
+
+def check_image_size(image_size: Any) -> Optional[int]:
+    """The model input side: None (the variant's) or a multiple of 32 in the contract's range."""
+    if image_size is None:
+        return None
+    lo, hi = SPEC_LIMITS["image_size"]
+    if isinstance(image_size, (bool, np.bool_)) or not isinstance(image_size, numbers.Integral) \
+            or not lo <= image_size <= hi or image_size % 32:
+        raise ConfigError(f"image_size must be None (the variant's) or a multiple of 32 in {lo}..{hi}, "
+                          f"got {image_size!r:.40}")
+    return int(image_size)
 
 
 class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, model, device: str = "cpu", cond_slots: int = 2) -> None:
-        import torch
+        device = check_device(device)
+        cond_slots = check_cond_slots(cond_slots)
+        torch = _import_torch()
 
         from ...stages import build_stages, tracker_spec
 
@@ -29,13 +107,21 @@ class TorchBackend(Backend):
     @classmethod
     def from_checkpoint(cls, path: str, variant: Optional[str] = None, device: str = "cpu",
                         image_size: Optional[int] = None, cond_slots: int = 2) -> "TorchBackend":
+        # every argument checked before the checkpoint is read
+        if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"the checkpoint must be a file path, got {path!r:.60}")
+        if variant is not None and not isinstance(variant, str):
+            raise ConfigError(f"variant must be a name (str) or None, got {variant!r:.60}")
+        device = check_device(device)
+        cond_slots = check_cond_slots(cond_slots)
+        image_size = check_image_size(image_size)
         try:
             from ...checkpoint import load_checkpoint
         except ModuleNotFoundError as e:
             if e.name == "torch":
                 raise BackendUnavailableError("the torch backend needs PyTorch: pip install 'sam2-edge[torch]'") from None
             raise
-        model, _ = load_checkpoint(path, variant, image_size)
+        model, _ = load_checkpoint(os.fspath(path), variant, image_size)
         return cls(model, device, cond_slots)
 
     def run(self, stage: str, inputs: Tuple[np.ndarray, ...]) -> Tuple[np.ndarray, ...]:

@@ -18,7 +18,8 @@ from .prompts_file import PromptError, PromptSpec, apply_prompts, load_prompts, 
 from .readers import LatestFrameGrabber, RGBFrames, SequentialReader, open_reader, read_frames
 from .sources import (IMAGE_EXTENSIONS, CvSource, Frame, FrameSource, ImageFolderSource, PiCamera2Source,
                       SourceError, open_source, parse_source)
-from .writers import OutputError, VideoSink, result_masks, write_masks
+from .writers import (VIDEO_EXTENSIONS, OutputError, VideoSink, check_video_path, is_masks_folder, result_masks,
+                      safe_fps, write_masks)
 
 __all__ = [
     # sources / readers
@@ -28,5 +29,6 @@ __all__ = [
     # prompts
     "PromptError", "PromptSpec", "parse_prompts", "load_prompts", "prompts_from_flags", "apply_prompts",
     # drawing / outputs
-    "object_color", "draw_masks", "OutputError", "VideoSink", "write_masks", "result_masks",
+    "object_color", "draw_masks", "OutputError", "VideoSink", "write_masks", "result_masks", "check_video_path",
+    "is_masks_folder", "safe_fps", "VIDEO_EXTENSIONS",
 ]

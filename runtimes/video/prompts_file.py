@@ -43,6 +43,45 @@ class PromptError(InputError):
     """The prompts file is unreadable or one of its entries is invalid (the message names it)."""
 
 
+MAX_FILE_BYTES = 16 << 20   # a prompts file is a few entries; masks are separate PNG files
+MAX_DEPTH = 8               # {"prompts": [{"points": [[x, y]]}]} is 5 levels deep
+
+
+class _Object(dict):
+    """A decoded JSON object that remembers keys given more than once (json keeps the last)."""
+
+    duplicates: Tuple[str, ...] = ()
+
+
+def _object_pairs(pairs: List[Tuple[str, Any]]) -> _Object:
+    obj = _Object(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        obj.duplicates = tuple(sorted({k for k, _ in pairs if k in seen or seen.add(k)}))
+    return obj
+
+
+def _too_deep(data: Any, limit: int = MAX_DEPTH) -> bool:
+    """True when containers nest deeper than `limit` (checked without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (list, dict)):
+            if depth > limit:
+                return True
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
+def _show(v: Any, n: int = 80) -> str:
+    """A short JSON rendering of a value for a message (never raises)."""
+    try:
+        text = json.dumps(v)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(v)
+    return text[:n]
+
+
 @dataclass
 class PromptSpec:
     entry: int                                   # position in the file (0-based)
@@ -84,7 +123,12 @@ def _is_num(v: Any) -> bool:
 
 def parse_prompts(data: Any, origin: str = "prompts", base_dir: str = ".") -> List[PromptSpec]:
     """Validate decoded JSON and return the prompts sorted by frame (file order within a frame)."""
+    if _too_deep(data):
+        raise PromptError(f"{origin}: the JSON nests more than {MAX_DEPTH} levels deep; a prompts file is a "
+                          "list of flat objects like {\"obj_id\": 1, \"frame\": 0, \"points\": [[x, y]]}")
     if isinstance(data, dict) and set(data) == {"prompts"}:
+        if getattr(data, "duplicates", ()):
+            raise PromptError(f"{origin}: the key 'prompts' is given more than once; give one list")
         data = data["prompts"]
     if not isinstance(data, list):
         raise PromptError(f"{origin}: expected a JSON list of prompt objects, got {type(data).__name__}")
@@ -95,7 +139,9 @@ def parse_prompts(data: Any, origin: str = "prompts", base_dir: str = ".") -> Li
         where = f"{origin}: entry #{i}"
         if not isinstance(e, dict):
             raise PromptError(f"{where}: expected an object like {{\"obj_id\": 1, \"frame\": 0, "
-                              f"\"points\": [[x, y]], \"labels\": [1]}}, got {json.dumps(e)[:60]}")
+                              f"\"points\": [[x, y]], \"labels\": [1]}}, got {_show(e, 60)}")
+        if getattr(e, "duplicates", ()):
+            raise PromptError(f"{where}: key(s) {list(e.duplicates)} given more than once; give each key once")
         unknown = sorted(set(e) - _KEYS)
         if unknown:
             raise PromptError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_KEYS)}")
@@ -113,12 +159,12 @@ def parse_prompts(data: Any, origin: str = "prompts", base_dir: str = ".") -> Li
             if (not isinstance(pts, list) or not pts
                     or not all(isinstance(p, list) and len(p) == 2 and all(_is_num(c) for c in p) for p in pts)):
                 raise PromptError(f"{where}: 'points' must be a non-empty list of [x, y] pixel pairs, got "
-                                  f"{json.dumps(pts)[:80]}")
+                                  f"{_show(pts)}")
             labels = e.get("labels", [1] * len(pts))
             if (not isinstance(labels, list) or len(labels) != len(pts)
                     or not all(_is_int(v) and v in (0, 1) for v in labels)):
                 raise PromptError(f"{where}: 'labels' must be a list of {len(pts)} values, each 1 (positive) "
-                                  f"or 0 (negative), got {json.dumps(labels)[:80]}")
+                                  f"or 0 (negative), got {_show(labels)}")
             spec.points = [[float(x), float(y)] for x, y in pts]
             spec.labels = [int(v) for v in labels]
         elif "labels" in e:
@@ -128,14 +174,14 @@ def parse_prompts(data: Any, origin: str = "prompts", base_dir: str = ".") -> Li
             if (not isinstance(b, list) or len(b) != 4 or not all(_is_num(v) for v in b)
                     or not (b[0] < b[2] and b[1] < b[3])):
                 raise PromptError(f"{where}: 'box' must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1, got "
-                                  f"{json.dumps(b)[:80]}")
+                                  f"{_show(b)}")
             spec.box = [float(v) for v in b]
         if "mask" in e:
             if "points" in e or "box" in e:
                 raise PromptError(f"{where}: give either 'mask' or 'points'/'box', not both")
             m = e["mask"]
-            if not isinstance(m, str) or not m:
-                raise PromptError(f"{where}: 'mask' must be the path of a PNG file, got {json.dumps(m)[:80]}")
+            if not isinstance(m, str) or not m or "\0" in m:
+                raise PromptError(f"{where}: 'mask' must be the path of a PNG file, got {_show(m)}")
             path = m if os.path.isabs(m) else os.path.join(base_dir, m)
             img = cv2.imread(path, cv2.IMREAD_GRAYSCALE) if os.path.exists(path) else None
             if img is None:
@@ -154,15 +200,34 @@ def parse_prompts(data: Any, origin: str = "prompts", base_dir: str = ".") -> Li
 
 
 def load_prompts(path: str) -> List[PromptSpec]:
+    """Read and validate a prompts file (UTF-8 JSON, see the module doc); PromptError naming the
+    file and the entry on any problem, never another exception."""
+    if not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path):
+        raise PromptError(f"prompts file {path!r:.80}: not a file path")
+    path = os.fspath(path)
     if not os.path.isfile(path):
-        raise PromptError(f"prompts file {path!r} not found")
+        raise PromptError(f"prompts file {path!r} not found" + (" (it is a folder)" if os.path.isdir(path) else ""))
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            raise PromptError(f"{path}: {size / 2**20:.0f} MiB is too big for a prompts file (at most "
+                              f"{MAX_FILE_BYTES >> 20} MiB); masks go in separate PNG files")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise PromptError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PromptError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); save the "
+                          "prompts file as UTF-8 JSON") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_object_pairs)
     except json.JSONDecodeError as e:
         raise PromptError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise PromptError(f"{path}: cannot read: {e}") from None
+    except RecursionError:
+        raise PromptError(f"{path}: the JSON nests too deeply to be a prompts file (at most {MAX_DEPTH} levels)") \
+            from None
     return parse_prompts(data, origin=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 

@@ -4,19 +4,22 @@ and object (`write_masks`, named ``{frame:05d}_obj{id}.png``, 255 = object)."""
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 from typing import Any, Dict, Optional, Tuple
 
 import cv2
 import numpy as np
 
-from sam2_edge.errors import Sam2EdgeError
+from sam2_edge.errors import OutputError  # defined once in sam2_edge.errors; re-exported here
+from sam2_edge.outputs import check_file, only_entries
 
 log = logging.getLogger(__name__)
 
-
-class OutputError(Sam2EdgeError):
-    """An output file (video, mask, snapshot) cannot be written."""
+# what `write_masks` names its files; a folder holding only these is a masks folder sam2-edge wrote
+MASK_NAME = re.compile(r"\d{5,}_obj\d+\.png")
+MAX_FPS = 1000.0
 
 
 def result_masks(result: Any) -> Dict[int, np.ndarray]:
@@ -26,6 +29,29 @@ def result_masks(result: Any) -> Dict[int, np.ndarray]:
 
 
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
+VIDEO_EXTENSIONS = tuple(sorted(_FOURCC))
+
+
+def check_video_path(path: str, flag: Optional[str] = None) -> str:
+    """Check an output video path before any work (extension, folder, not a link / folder /
+    /proc); OutputError naming the problem otherwise."""
+    check_file(path, flag or "output video", suffixes=VIDEO_EXTENSIONS, what="video file")
+    return path
+
+
+def is_masks_folder(path: str) -> bool:
+    """True for a folder holding only mask PNGs named as `write_masks` names them."""
+    return only_entries(path, lambda name: MASK_NAME.fullmatch(name) is not None)
+
+
+def safe_fps(fps: Any, default: float = 30.0) -> float:
+    """A usable video frame rate: `fps` when finite and in (0, 1000], else `default` (sources
+    report 0, NaN or absurd rates; an infinite rate makes the encoder hang)."""
+    try:
+        f = float(fps)
+    except (TypeError, ValueError):
+        return default
+    return f if math.isfinite(f) and 0 < f <= MAX_FPS else default
 
 
 class VideoSink:
@@ -33,7 +59,7 @@ class VideoSink:
 
     def __init__(self, path: str, fps: float = 30.0) -> None:
         self.path = path
-        self.fps = float(fps) if fps and fps > 0 else 30.0
+        self.fps = safe_fps(fps)
         self.frames = 0
         self._writer: Optional[Any] = None
         self._size: Optional[Tuple[int, int]] = None
@@ -42,9 +68,12 @@ class VideoSink:
             raise OutputError(f"output video {path!r}: unsupported extension {ext or '(none)'!r}; "
                               f"use one of {sorted(_FOURCC)}")
         self._fourcc = _FOURCC[ext]
+        check_video_path(path)            # not a folder, a link, /proc ...; its folder writable
         parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise OutputError(f"output video {path!r}: folder {parent!r} does not exist")
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"output video {path!r}: cannot create folder {parent!r}: {e.strerror or e}") from None
 
     def write(self, img: np.ndarray) -> None:
         h, w = img.shape[:2]

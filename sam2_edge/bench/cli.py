@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import List
 
 from ..cli import subcommand
-from ..errors import InputError
+from ..errors import InputError, OutputError
+from ..outputs import check_file, check_writable_dir, write_text
 from ..sysinfo import load_average
 from .probe import default_threads, machine_info
 from .protocol import STEADY_FROM_DEFAULT, load_frames, run_bench
@@ -36,10 +37,30 @@ def _int_list(text: str, what: str, minimum: int = 1, unique: bool = True) -> Li
     return sorted(set(vals), key=vals.index) if unique else vals
 
 
-def bench(a: argparse.Namespace) -> dict:
-    t_start = time.perf_counter()
+PLOT_EXTENSIONS = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp", ".eps", ".ps", ".tif", ".tiff")
+
+
+def _check_outputs(a: argparse.Namespace) -> None:
+    """--json, --plot and --export-dir, before any frame is read or model built."""
+    if a.json and a.json != "-":
+        check_file(a.json, "--json", what="JSON file")
     if a.plot:
         check_plot_available()
+        check_file(a.plot, "--plot", suffixes=PLOT_EXTENSIONS, what="plot image")
+        if a.json and a.json != "-" and os.path.abspath(a.json) == os.path.abspath(a.plot):
+            raise OutputError(f"--json and --plot are the same file {a.json!r}; give two names")
+    if a.export_dir:
+        # a folder bench adds bundle folders to (each replaced only if sam2-edge export made it)
+        check_writable_dir(a.export_dir, "--export-dir")
+    if a.device != "cpu":
+        from ..runtimes.backends.torch_backend import check_device
+
+        check_device(a.device)
+
+
+def bench(a: argparse.Namespace) -> dict:
+    t_start = time.perf_counter()
+    _check_outputs(a)
     if a.frames <= STEADY_FROM_DEFAULT:
         raise InputError(f"--frames must be > {STEADY_FROM_DEFAULT}: the objects' memory is full from frame "
                          f"{STEADY_FROM_DEFAULT} on, and only those frames are measured")
@@ -136,8 +157,7 @@ def _bench(p: argparse.ArgumentParser):
         else:
             print(format_table(rep))
             if a.json:
-                Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(a.json).write_text(json.dumps(rep, indent=1))
+                write_text(a.json, json.dumps(rep, indent=1), "--json")
                 print(f"wrote {a.json}")
         if a.plot:
             plot(rep, a.plot)

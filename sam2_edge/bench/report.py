@@ -4,6 +4,7 @@ the text table and the bar chart."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -190,5 +191,10 @@ def plot(rep: dict, path: str) -> None:
     fig.suptitle(f"sam2-edge bench: {c['variant']} @ {c['image_size']} on {m['board'] or m['cpu']} "
                  f"({m['logical_cpus']} CPUs)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from ..outputs import replacing_file
+
+    try:
+        with replacing_file(path, "--plot") as tmp:  # a temporary sibling renamed over `path` when complete
+            fig.savefig(str(tmp), dpi=120, format=os.path.splitext(str(path))[1][1:].lower() or "png")
+    finally:
+        plt.close(fig)

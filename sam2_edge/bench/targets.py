@@ -275,7 +275,10 @@ class Plan:
                                   "--threads does not apply")
             if not takes_threads:  # a backend without a threads option: the runtime's pool is set instead
                 options.pop("threads", None)
-            tracker = Tracker.from_bundle(str(bundle), name, **options)
+            # a bundle this run exported itself is trusted; one the user names gets the default policy
+            # (an isolated smoke run unless it is signed)
+            own = {"isolate": False} if source is not None else {}
+            tracker = Tracker.from_bundle(str(bundle), name, **options, **own)
             if name == "onnxruntime":
                 used = (lambda n=n: n)
             be = tracker.backend

@@ -9,13 +9,14 @@ Standard library only.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+import stat
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Mapping, Optional
 
 from ..errors import BundleError
 from .formats import FORMATS
-from .hashing import hash_graph
+from .hashing import hash_graph, hash_package, package_files, read_regular, sha256_bytes
 from .manifest import _REEXPORT, MANIFEST_NAME, MAX_MANIFEST_BYTES, GraphEntry, Manifest, check_relative
 
 
@@ -43,23 +44,31 @@ def _check_package_inside(root: Path, pkg: Path, where: str) -> None:
                                       "The bundle is malformed or malicious: do not use it; re-export it.")
 
 
-def read_manifest_text(root: Path) -> str:
+def read_manifest_bytes(root: Path) -> bytes:
+    """manifest.json's bytes: a regular file directly in the bundle folder (not a link), bounded."""
     if not root.exists():
         raise BundleError(f"bundle folder {str(root)!r} does not exist; export one with "
                           "`sam2-edge export --checkpoint CKPT --format onnx --out DIR`")
     if not root.is_dir():
         raise BundleError(f"{str(root)!r} is not a folder; a bundle is the folder holding {MANIFEST_NAME}")
     mpath = root / MANIFEST_NAME
-    if not mpath.is_file():
-        raise BundleError(f"{str(root)!r} has no {MANIFEST_NAME}: not a sam2-edge bundle (or an incomplete "
-                          "export); export one with `sam2-edge export ... --out DIR`")
-    if mpath.stat().st_size > MAX_MANIFEST_BYTES:
-        raise BundleError(f"{mpath} is {mpath.stat().st_size} bytes, far larger than any manifest; "
-                          "the bundle is corrupt. Re-export it.")
     try:
-        return mpath.read_text(encoding="utf-8")
+        st = os.lstat(mpath)
+    except OSError:
+        raise BundleError(f"{str(root)!r} has no {MANIFEST_NAME}: not a sam2-edge bundle (or an incomplete "
+                          "export); export one with `sam2-edge export ... --out DIR`") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise BundleError(f"{mpath} is a symbolic link; a bundle's manifest must be a plain file inside the bundle. "
+                          "Do not use this bundle; re-export it.")
+    return read_regular(mpath, MAX_MANIFEST_BYTES, "manifest")
+
+
+def read_manifest_text(root: Path) -> str:
+    data = read_manifest_bytes(root)
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise BundleError(f"{mpath} is not valid JSON ({e}); the manifest is corrupt or truncated. "
+        raise BundleError(f"{root / MANIFEST_NAME} is not valid JSON ({e}); the manifest is corrupt or truncated. "
                           f"{_REEXPORT}") from None
 
 
@@ -70,7 +79,16 @@ def load_manifest(bundle_dir, verify_hashes: bool = True) -> Manifest:
     must never open an unverified bundle, and `open_bundle` always verifies).
     """
     root = Path(bundle_dir)
-    m = Manifest.from_json(read_manifest_text(root), root.resolve())
+    return _load(root, read_manifest_bytes(root), verify_hashes)
+
+
+def _load(root: Path, manifest_bytes: bytes, verify_hashes: bool) -> Manifest:
+    try:
+        text = manifest_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{root / MANIFEST_NAME} is not valid JSON ({e}); the manifest is corrupt or truncated. "
+                          f"{_REEXPORT}") from None
+    m = Manifest.from_json(text, root.resolve())
     fmt = m.format
     graphs: Dict[str, GraphEntry] = {}
     for stage, g in m.graphs.items():
@@ -111,4 +129,67 @@ def load_manifest(bundle_dir, verify_hashes: bool = True) -> Manifest:
     return replace(m, graphs=graphs)
 
 
-__all__ = ["load_manifest", "read_manifest_text", "resolve_inside"]
+@dataclass(frozen=True)
+class GraphBlob:
+    """One stage graph read into memory once and checked against the manifest's sha256: the
+    bytes a backend runs (a later change of the files cannot reach a running tracker)."""
+
+    stage: str
+    file: str
+    data: bytes  # the graph file (.onnx / .pte); b"" for a package
+    package: Mapping[str, bytes]  # a CoreML .mlpackage: relative POSIX path -> bytes
+    data_files: Mapping[str, bytes]  # ONNX external data: file name as the manifest lists it -> bytes
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    manifest: Manifest
+    manifest_bytes: bytes  # exactly what was parsed (and what a signature covers)
+    graphs: Mapping[str, GraphBlob]
+    signature: Optional[bytes]  # manifest.sig, when present (checked by sam2_edge.contract.signing)
+
+
+# a bundle's graphs are read into memory: refuse anything larger than any model needs
+MAX_GRAPH_BYTES = 4 << 30
+SIGNATURE_NAME = "manifest.sig"
+MAX_SIGNATURE_BYTES = 64 << 10
+
+
+def read_bundle(bundle_dir) -> VerifiedBundle:
+    """Validate a bundle and read every graph (and data file) into memory exactly once,
+    checking the sha256 of those bytes. BundleError on any problem."""
+    root = Path(bundle_dir)
+    manifest_bytes = read_manifest_bytes(root)
+    m = _load(root, manifest_bytes, verify_hashes=False)
+    blobs: Dict[str, GraphBlob] = {}
+    for stage, g in m.graphs.items():
+        if g.path.is_dir():
+            files = {rel: read_regular(g.path / rel, MAX_GRAPH_BYTES, f"{stage} graph file")
+                     for rel in package_files(g.path)}
+            actual, data = hash_package(files), b""
+        else:
+            files, data = {}, read_regular(g.path, MAX_GRAPH_BYTES, f"{stage} graph")
+            actual = sha256_bytes(data)
+        if actual != g.sha256:
+            raise BundleError(f"graph {g.file!r} ({stage}) was altered or corrupted: its sha256 is {actual}, the "
+                              f"manifest records {g.sha256}. Copy the bundle again or re-export it "
+                              "(sam2-edge export).")
+        extra = {}
+        for df in g.data_files:
+            blob = read_regular(df.path, MAX_GRAPH_BYTES, f"{stage} data file")
+            if sha256_bytes(blob) != df.sha256:
+                raise BundleError(f"data file {df.file!r} of {stage} was altered or corrupted (sha256 "
+                                  f"{sha256_bytes(blob)}, manifest {df.sha256}); copy the bundle again or re-export it")
+            extra[df.file] = blob
+        blobs[stage] = GraphBlob(stage, g.file, data, files, extra)
+    sig_path = root / SIGNATURE_NAME
+    signature = None
+    if os.path.lexists(sig_path):
+        if os.path.islink(sig_path):
+            raise BundleError(f"{sig_path} is a symbolic link; do not use this bundle")
+        signature = read_regular(sig_path, MAX_SIGNATURE_BYTES, "signature")
+    return VerifiedBundle(m, manifest_bytes, blobs, signature)
+
+
+__all__ = ["load_manifest", "read_manifest_text", "read_manifest_bytes", "resolve_inside", "read_bundle",
+           "GraphBlob", "VerifiedBundle", "SIGNATURE_NAME"]

@@ -21,6 +21,13 @@ class Precision(str, Enum):
 
     FP32 = "fp32"
     FP16 = "fp16"
+    INT8 = "int8"  # static W8A8: int8 weights (per channel), calibrated int8 activations (ONNX QDQ)
+    INT8_DYNAMIC = "int8-dynamic"  # int8 weights, activations quantised at run time
+
+    @property
+    def quantized(self) -> bool:
+        """An integer precision: made by sam2_edge.quantization (sam2-edge quantize), not by the exporters."""
+        return self in (Precision.INT8, Precision.INT8_DYNAMIC)
 
     def __str__(self) -> str:
         return self.value
@@ -65,7 +72,9 @@ class BackendInfo:
 
 
 FORMATS: Dict[str, BundleFormat] = {
-    "onnx": BundleFormat("onnx", ".onnx", "onnxruntime", (Precision.FP32, Precision.FP16), Precision.FP32,
+    # int8 / int8-dynamic: written by sam2_edge.quantization (onnxruntime.quantization) from an fp32 export
+    "onnx": BundleFormat("onnx", ".onnx", "onnxruntime",
+                         (Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT8_DYNAMIC), Precision.FP32,
                          ("torch", "onnx", "onnxscript", "onnxruntime"), "export-onnx"),
     "executorch": BundleFormat("executorch", ".pte", "executorch", (Precision.FP32, Precision.FP16), Precision.FP32,
                                ("torch", "executorch"), "executorch"),

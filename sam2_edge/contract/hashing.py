@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from ..errors import BundleError
 
@@ -18,12 +19,55 @@ def sha256_bytes(data) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def open_regular(path, what: str = "file"):
+    """Open `path` for reading only if it is a regular file (a FIFO, device or socket would
+    block or never end: BundleError). Returns a binary file object."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise BundleError(f"cannot open {what} {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{what} {path} is not a regular file (a FIFO, device or socket?); a bundle holds "
+                              "plain files only. Do not use this bundle; re-export it.")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path, limit: Optional[int] = None, what: str = "file") -> bytes:
+    """The bytes of regular file `path` (at most `limit`, else BundleError), read once."""
+    with open_regular(path, what) as f:
+        size = os.fstat(f.fileno()).st_size
+        if limit is not None and size > limit:
+            raise BundleError(f"{what} {path} is {size} bytes, more than the {limit} allowed; the bundle is "
+                              "corrupt. Re-export it.")
+        data = f.read() if limit is None else f.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise BundleError(f"{what} {path} grew past {limit} bytes while it was read; re-export the bundle")
+    return data
+
+
 def _sha256_digest(path: Path) -> bytes:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, "graph file") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
             h.update(block)
     return h.digest()
+
+
+def hash_package(files) -> str:
+    """hash_graph of a folder given in memory as {relative POSIX path: bytes}."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(rel.encode("utf-8") + b"\0")
+        h.update(hashlib.sha256(files[rel]).digest())
+    return h.hexdigest()
 
 
 def sha256_file(path) -> str:

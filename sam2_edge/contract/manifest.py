@@ -26,7 +26,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from ..errors import BundleError
 from .formats import FORMATS, Precision
 from .preprocessing import COLOUR_ORDER, IMG_MEAN, IMG_STD, LAYOUT, RESIZE_PIL_BICUBIC, SCALE
-from .spec import SPEC_LIMITS, STAGES, TensorSpec, TrackerSpec, spec_problem
+from .spec import SPEC_DEFAULTS, SPEC_LIMITS, STAGES, TensorSpec, TrackerSpec, spec_problem
 
 SCHEMA_VERSION = 1  # the newest manifest schema this code reads (and the one it writes)
 MANIFEST_NAME = "manifest.json"
@@ -251,7 +251,9 @@ def spec_from_dict(d, where: str = "spec") -> TrackerSpec:
     if not isinstance(d, Mapping):
         raise BundleError(f"manifest entry {where!r} must be an object; re-export the bundle")
     fields = tuple(SPEC_LIMITS)
-    vals = {k: _get(d, k, int, where) for k in fields}
+    # a field added after a bundle was written (SPEC_DEFAULTS) takes the default that keeps its layout
+    vals = {k: _get(d, k, int, where) for k in fields if k in d or k not in SPEC_DEFAULTS}
+    vals.update({k: v for k, v in SPEC_DEFAULTS.items() if k not in d})
     unknown = sorted(set(d) - set(fields))
     if unknown:
         raise BundleError(f"manifest entry {where!r} has unknown keys {unknown}; the bundle was written by a newer "

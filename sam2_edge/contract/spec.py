@@ -21,13 +21,18 @@ SPEC_LIMITS: Dict[str, Tuple[int, int]] = {
     "cond_slots": (1, 64),
     "ptr_recent": (1, 64),  # the released models: 15
     "max_clicks": (1, 64),
+    # memory tokens per frame: 0 = SAM 2's spatial map (mem_dim x f x f); EdgeTAM's perceiver: 512
+    "mem_tokens": (0, 65536),
 }
+# fields a bundle written before they existed may lack: the default keeps the layout it was written with
+SPEC_DEFAULTS: Dict[str, int] = {"mem_tokens": 0}
 # one object's rings (memories + pointers, float32) may not exceed this
 MAX_RING_BYTES = 1 << 30
 
 
 def spec_problem(values: Dict[str, int]) -> Optional[str]:
     """None when `values` (TrackerSpec fields) are in range and consistent, else what is wrong."""
+    values = {**SPEC_DEFAULTS, **values}
     for key, (lo, hi) in SPEC_LIMITS.items():
         v = values.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
@@ -37,7 +42,8 @@ def spec_problem(values: Dict[str, int]) -> Optional[str]:
     if values["d_model"] % values["mem_dim"]:
         return f"d_model {values['d_model']} is not a multiple of mem_dim {values['mem_dim']}"
     f = values["image_size"] // 16
-    ring = 4 * ((values["cond_slots"] + values["num_maskmem"] - 1) * values["mem_dim"] * f * f
+    tokens = values["mem_tokens"] or f * f
+    ring = 4 * ((values["cond_slots"] + values["num_maskmem"] - 1) * values["mem_dim"] * tokens
                 + (values["cond_slots"] + values["ptr_recent"]) * values["d_model"])
     if ring > MAX_RING_BYTES:
         return f"one object's memory rings would take {ring / 2**20:.0f} MiB (at most {MAX_RING_BYTES >> 20} MiB)"
@@ -62,6 +68,16 @@ class TrackerSpec:
     cond_slots: int = 2  # conditioning (prompted) frames kept; the official rule keeps the closest
     ptr_recent: int = 15  # max_obj_ptrs_in_encoder - 1 previous frames' pointers
     max_clicks: int = MAX_CLICKS
+    # Memory layout of one frame. 0: SAM 2's spatial map, a frame is [mem_dim, f, f]; N > 0: N
+    # memory tokens (EdgeTAM: 256 global + 256 2-D perceiver latents), a frame is [N, mem_dim].
+    mem_tokens: int = 0
+
+    @property
+    def mem_frame_shape(self) -> Tuple[int, ...]:
+        """Shape of one frame's memory: [m, f, f] (spatial) or [mem_tokens, m] (latent tokens)."""
+        if self.mem_tokens:
+            return (self.mem_tokens, self.mem_dim)
+        return (self.mem_dim, self.feat_size, self.feat_size)
 
     @property
     def feat_size(self) -> int:
@@ -88,11 +104,15 @@ class TrackerSpec:
         return self.max_clicks + 3  # clicks + two box corners + the official padding point
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The manifest's `spec`. A field still at its SPEC_DEFAULTS value is left out, so a SAM 2
+        bundle's manifest is what it was before the field existed (older readers open it), and a
+        bundle that needs the field (EdgeTAM) is refused by them with "upgrade sam2-edge"."""
+        return {k: v for k, v in asdict(self).items() if not (k in SPEC_DEFAULTS and v == SPEC_DEFAULTS[k])}
 
     def io(self) -> Dict[str, Tuple[Tuple[TensorSpec, ...], Tuple[TensorSpec, ...]]]:
         S, C, m, f, lo = self.image_size, self.d_model, self.mem_dim, self.feat_size, self.lowres
         M, P, N = self.mem_slots, self.ptr_slots, self.prompt_points
+        frame = self.mem_frame_shape
         t = TensorSpec
         feats = t("vision_feats", (1, C, f, f), "float32")
         s0 = t("feat_s0", (1, C // 8, 4 * f, 4 * f), "float32")
@@ -101,7 +121,7 @@ class TrackerSpec:
             "image_encoder": ((t("image", (1, 3, S, S), "float32"),),
                               (s0, s1, feats, t("vision_pos", (1, C, f, f), "float32"))),
             "memory_attention": ((feats, t("vision_pos", (1, C, f, f), "float32"),
-                                  t("memory", (1, M, m, f, f), "float32"), t("mem_tpos", (1, M), "int32"),
+                                  t("memory", (1, M) + frame, "float32"), t("mem_tpos", (1, M), "int32"),
                                   t("mem_valid", (1, M), "float32"), t("obj_ptrs", (1, P, C), "float32"),
                                   t("ptr_dist", (1, P), "float32"), t("ptr_valid", (1, P), "float32")),
                                  (t("pix_feat", (1, C, f, f), "float32"),)),
@@ -114,5 +134,5 @@ class TrackerSpec:
                               t("obj_ptr", (1, C), "float32"), t("obj_score", (1, 1), "float32"))),
             "memory_encoder": ((feats, t("low_res", (1, 1, lo, lo), "float32"), t("obj_score", (1, 1), "float32"),
                                 t("binarize", (1,), "int32")),
-                               (t("maskmem", (1, m, f, f), "float32"),)),
+                               (t("maskmem", (1,) + frame, "float32"),)),
         }

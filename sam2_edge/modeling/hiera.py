@@ -127,6 +127,10 @@ class Hiera(nn.Module):
         with torch.no_grad():
             self._pos_cache = self.positional_embedding().detach().clone()
 
+    def freeze(self) -> None:
+        """Prepare for the exported (inference-only) graphs (every trunk has this hook)."""
+        self.freeze_positional_embedding()
+
     def positional_embedding(self) -> torch.Tensor:
         """Bicubic-resized background embed + tiled window embed: [1, S/4, S/4, C]."""
         hw = self._feat_hw

@@ -1,4 +1,5 @@
-"""Image encoder: Hiera trunk + FPN neck (top-down into the two coarsest kept levels)."""
+"""Image encoder: Hiera (SAM 2 / 2.1) or RepViT (EdgeTAM) trunk + FPN neck (nearest top-down
+into the two coarsest levels [2, 3], sum fusion; the stride-32 level is dropped after feeding level 2)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from ..configs import ModelConfig
 from .hiera import Hiera
+from .repvit import RepViT
 from .position_encoding import sine_pe_2d
 
 
@@ -45,8 +47,11 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.trunk = Hiera(cfg.hiera, cfg.image_size)
-        self.neck = FpnNeck(cfg.d_model, cfg.hiera.channel_list)
+        if cfg.trunk == "repvit":
+            self.trunk = RepViT(cfg.repvit)
+        else:
+            self.trunk = Hiera(cfg.hiera, cfg.image_size)
+        self.neck = FpnNeck(cfg.d_model, cfg.channel_list)
         f = cfg.feat_size
         # only the stride-16 level's sine encoding is used downstream (memory attention)
         self.register_buffer("pos_level2", sine_pe_2d(cfg.d_model, f, f), persistent=False)

@@ -2,7 +2,11 @@
 memory slots (spatial memories + object-pointer tokens). Axial RoPE with real cos/sin on
 the queries and on the spatial keys (repeated per memory frame); pointer tokens are
 excluded from RoPE. Absent slots carry an additive key bias of -1e4, so a half-full ring
-computes what the official code computes on the shorter memory."""
+computes what the official code computes on the shorter memory.
+
+SAM 2 / 2.1 cross-attend with `RoPEAttention` (every memory token of a frame rotated by the
+query table). EdgeTAM cross-attends with `RoPEAttentionv2`: each memory frame is
+[global latents ; 2-D latents], only the 2-D latents are rotated, by their own (smaller) table."""
 
 from __future__ import annotations
 
@@ -41,11 +45,47 @@ class RoPEAttention(Attention):
         return self.out_proj(self.merge(attention(q, k, v, key_bias)))
 
 
+class RoPEAttentionv2(Attention):
+    """EdgeTAM's cross-attention to perceiver memories: queries rotated with a fixed
+    q_size x q_size axial table; the keys of each of the `rope_k_repeat` memory frames are
+    [T - k_size^2 unrotated (global latents) ; k_size^2 rotated with the k_size x k_size
+    table] (the same table for every frame); the trailing pointer tokens are not rotated."""
+
+    def __init__(self, embedding_dim: int, q_size: int, k_size: int, kv_in_dim: Optional[int] = None,
+                 rope_theta: float = 10000.0) -> None:
+        super().__init__(embedding_dim, num_heads=1, downsample_rate=1, kv_in_dim=kv_in_dim)
+        cos, sin = rope_cos_sin(self.internal_dim, q_size, q_size, rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # [q_size^2, d/2]
+        self.register_buffer("rope_sin", sin, persistent=False)
+        cos, sin = rope_cos_sin(self.internal_dim, k_size, k_size, rope_theta)
+        self.register_buffer("rope_k_cos", cos, persistent=False)  # [k_size^2, d/2]
+        self.register_buffer("rope_k_sin", sin, persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0,
+                key_bias: Optional[torch.Tensor] = None, rope_k_repeat: int = 1) -> torch.Tensor:
+        q, k, v = self.split(self.q_proj(q)), self.split(self.k_proj(k)), self.split(self.v_proj(v))
+        q = apply_rope(q, self.rope_cos, self.rope_sin)
+        b, h, n, d = k.shape
+        n_mem = n - num_k_exclude_rope
+        per_frame = n_mem // rope_k_repeat  # T tokens per memory frame
+        n_rot = self.rope_k_cos.shape[0]
+        frames = k[:, :, :n_mem].reshape(b * h * rope_k_repeat, per_frame, d)  # rank <= 4 (CoreML)
+        rot = apply_rope(frames[:, per_frame - n_rot:], self.rope_k_cos, self.rope_k_sin)
+        frames = torch.cat([frames[:, :per_frame - n_rot], rot], dim=1).reshape(b, h, n_mem, d)
+        k = torch.cat([frames, k[:, :, n_mem:]], dim=2) if num_k_exclude_rope > 0 else frames
+        return self.out_proj(self.merge(attention(q, k, v, key_bias)))
+
+
 class MemoryAttentionLayer(nn.Module):
-    def __init__(self, d_model: int, mem_dim: int, ffn_dim: int, feat_size: int) -> None:
+    def __init__(self, d_model: int, mem_dim: int, ffn_dim: int, feat_size: int, rope_k_size: int = 0) -> None:
+        """rope_k_size 0: SAM 2 cross-attention (RoPEAttention); > 0: EdgeTAM's RoPEAttentionv2
+        whose memory keys are perceiver latents with a rope_k_size^2 2-D grid per frame."""
         super().__init__()
         self.self_attn = RoPEAttention(d_model, feat_size)
-        self.cross_attn_image = RoPEAttention(d_model, feat_size, kv_in_dim=mem_dim)
+        if rope_k_size:
+            self.cross_attn_image = RoPEAttentionv2(d_model, feat_size, rope_k_size, kv_in_dim=mem_dim)
+        else:
+            self.cross_attn_image = RoPEAttention(d_model, feat_size, kv_in_dim=mem_dim)
         self.linear1 = nn.Linear(d_model, ffn_dim)
         self.linear2 = nn.Linear(ffn_dim, d_model)
         self.norm1 = nn.LayerNorm(d_model)
@@ -53,28 +93,32 @@ class MemoryAttentionLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor,
-                num_ptr_tokens: int, key_bias: Optional[torch.Tensor]) -> torch.Tensor:
+                num_ptr_tokens: int, key_bias: Optional[torch.Tensor], num_mem_frames: int = 1) -> torch.Tensor:
         h = self.norm1(x)
         x = x + self.self_attn(h, h, h)
         h = self.norm2(x)
-        x = x + self.cross_attn_image(h, memory + memory_pos, memory, num_ptr_tokens, key_bias)
+        if isinstance(self.cross_attn_image, RoPEAttentionv2):
+            x = x + self.cross_attn_image(h, memory + memory_pos, memory, num_ptr_tokens, key_bias, num_mem_frames)
+        else:
+            x = x + self.cross_attn_image(h, memory + memory_pos, memory, num_ptr_tokens, key_bias)
         h = self.norm3(x)
         return x + self.linear2(F.relu(self.linear1(h)))
 
 
 class MemoryAttention(nn.Module):
-    def __init__(self, d_model: int, mem_dim: int, num_layers: int, ffn_dim: int, feat_size: int) -> None:
+    def __init__(self, d_model: int, mem_dim: int, num_layers: int, ffn_dim: int, feat_size: int,
+                 rope_k_size: int = 0) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(MemoryAttentionLayer(d_model, mem_dim, ffn_dim, feat_size)
+        self.layers = nn.ModuleList(MemoryAttentionLayer(d_model, mem_dim, ffn_dim, feat_size, rope_k_size)
                                     for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, curr: torch.Tensor, curr_pos: torch.Tensor, memory: torch.Tensor,
                 memory_pos: torch.Tensor, num_ptr_tokens: int = 0,
-                key_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """curr/curr_pos [B, hw, C]; memory/memory_pos [B, M*hw + P, mem_dim] (spatial first,
-        the last num_ptr_tokens are pointer tokens); key_bias [B, M*hw + P] -> [B, hw, C]."""
+                key_bias: Optional[torch.Tensor] = None, num_mem_frames: int = 1) -> torch.Tensor:
+        """curr/curr_pos [B, hw, C]; memory/memory_pos [B, M*T + P, mem_dim] (M memory frames of T
+        tokens first, the last num_ptr_tokens are pointer tokens); key_bias [B, M*T + P] -> [B, hw, C]."""
         x = curr + 0.1 * curr_pos
         for layer in self.layers:
-            x = layer(x, memory, memory_pos, num_ptr_tokens, key_bias)
+            x = layer(x, memory, memory_pos, num_ptr_tokens, key_bias, num_mem_frames)
         return self.norm(x)

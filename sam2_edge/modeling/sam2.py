@@ -1,4 +1,7 @@
-"""SAM 2 / SAM 2.1 composed from its blocks, with the official attribute (state-dict) names.
+"""SAM 2 / SAM 2.1 / EdgeTAM composed from their blocks, with the official attribute (state-dict)
+names. EdgeTAM differs only by blocks and flags of its config: a RepViT trunk, a spatial
+perceiver after the memory encoder (memory frames of latent tokens), RoPEAttentionv2
+cross-attention, no `no_obj_embed_spatial` and no pointer temporal encoding.
 
 This module holds the blocks and the small glue the paper defines between them; it has no
 video policy (which memories fill which slot lives in `sam2_edge.runtimes`). Every method
@@ -24,6 +27,7 @@ from .image_encoder import ImageEncoder
 from .mask_decoder import MaskDecoder, select_single
 from .memory_attention import MemoryAttention
 from .memory_encoder import MemoryEncoder
+from .perceiver import PerceiverResampler
 from .position_encoding import sine_pe_1d, sine_pe_2d
 from .prompt_encoder import PromptEncoder
 
@@ -53,7 +57,8 @@ class SAM2Model(nn.Module):
         self.cfg = cfg
         c, m, f = cfg.d_model, cfg.mem_dim, cfg.feat_size
         self.image_encoder = ImageEncoder(cfg)
-        self.memory_attention = MemoryAttention(c, m, cfg.mem_attn_layers, cfg.mem_attn_ffn_dim, f)
+        rope_k = cfg.perceiver.grid if cfg.perceiver is not None else 0  # EdgeTAM: RoPEAttentionv2
+        self.memory_attention = MemoryAttention(c, m, cfg.mem_attn_layers, cfg.mem_attn_ffn_dim, f, rope_k)
         self.memory_encoder = MemoryEncoder(c, m)
         self.sam_prompt_encoder = PromptEncoder(c, f, cfg.image_size)
         self.sam_mask_decoder = MaskDecoder(c)
@@ -63,9 +68,12 @@ class SAM2Model(nn.Module):
         self.no_mem_pos_enc = nn.Parameter(torch.zeros(1, 1, c))  # unused at inference, kept for strict loading
         self.no_obj_ptr = nn.Parameter(torch.zeros(1, c))
         self.obj_ptr_proj = MLP(c, c, c, 3)
-        if cfg.is_v21:
+        if cfg.has_no_obj_embed_spatial:
             self.no_obj_embed_spatial = nn.Parameter(torch.zeros(1, m))
+        if cfg.has_obj_ptr_tpos_enc:
             self.obj_ptr_tpos_proj = nn.Linear(c, m)
+        if cfg.perceiver is not None:  # EdgeTAM: each frame's memory -> [global ; 2-D] latent tokens
+            self.spatial_perceiver = PerceiverResampler(m, cfg.perceiver)
         self.register_buffer("maskmem_pos", sine_pe_2d(m, f, f), persistent=False)  # [1, m, f, f]
 
     # ---------------------------------------------------------------- image
@@ -112,19 +120,28 @@ class SAM2Model(nn.Module):
     def encode_memory(self, vision_feats: torch.Tensor, low_res: torch.Tensor, obj_score: torch.Tensor,
                       binarize: torch.Tensor) -> torch.Tensor:
         """Memory of one frame. low_res [B, 1, S/4, S/4] logits; binarize [B] bool (prompted
-        frames) -> maskmem features [B, mem_dim, S/16, S/16] in float32 (not yet bf16-rounded)."""
+        frames) -> maskmem features in float32 (not yet bf16-rounded): [B, mem_dim, S/16, S/16],
+        or with a perceiver (EdgeTAM) [B, T, mem_dim] latent tokens."""
         s = self.cfg.image_size
         high = F.interpolate(low_res, size=(s, s), mode="bilinear", align_corners=False)
         mask = torch.where(binarize[:, None, None, None], (high > 0).float(), torch.sigmoid(high))
         feats = self.memory_encoder(vision_feats, mask * MEM_SCALE + MEM_BIAS)
-        if self.cfg.is_v21:
+        if self.cfg.has_no_obj_embed_spatial:
             absent = (obj_score <= 0).float()[:, :, None, None]  # [B, 1, 1, 1]
             feats = feats + absent * self.no_obj_embed_spatial.reshape(1, -1, 1, 1)
+        if self.cfg.perceiver is not None:
+            feats = self.spatial_perceiver(feats, self.maskmem_pos)  # [B, m, f, f] -> [B, T, m]
         return feats
+
+    def memory_tokens_pos(self) -> torch.Tensor:
+        """Spatial encoding of one memory frame's tokens: [T, mem_dim] (T = f*f, or the perceiver's)."""
+        if self.cfg.perceiver is not None:
+            return self.spatial_perceiver.pos
+        return self.maskmem_pos.flatten(2).transpose(1, 2)[0]
 
     def pointer_pos(self, dist: torch.Tensor) -> torch.Tensor:
         """Temporal encoding of pointers at distance `dist` frames: [P] -> [P, mem_dim]."""
-        if not self.cfg.is_v21:
+        if not self.cfg.has_obj_ptr_tpos_enc:  # SAM 2, EdgeTAM: pointers carry no temporal encoding
             return torch.zeros(dist.shape[0], self.cfg.mem_dim, dtype=torch.float32, device=dist.device)
         norm = float(self.cfg.max_obj_ptrs - 1)  # stream of unknown length: min(N, 16) - 1 = 15
         return self.obj_ptr_tpos_proj(sine_pe_1d(dist / norm, self.cfg.d_model))
@@ -135,20 +152,23 @@ class SAM2Model(nn.Module):
                             ptr_valid: torch.Tensor) -> torch.Tensor:
         """Memory attention over fixed slots.
 
-        vision_feats [B, C, h, w], vision_pos [1, C, h, w], memory [B, M, mem_dim, h, w],
+        vision_feats [B, C, h, w], vision_pos [1, C, h, w], memory [B, M, mem_dim, h, w]
+        (SAM 2 spatial layout) or [B, M, T, mem_dim] (perceiver tokens, EdgeTAM),
         mem_tpos [B, M] int (index into maskmem_tpos_enc = num_maskmem - slot - 1),
         mem_valid [B, M] bool, obj_ptrs [B, P, C], ptr_dist [B, P] float, ptr_valid [B, P] bool
         -> memory-conditioned features [B, C, h, w].
         """
         b, c, h, w = vision_feats.shape
-        m_slots, m_dim = memory.shape[1], memory.shape[2]
-        hw = h * w
+        m_slots, m_dim = memory.shape[1], self.cfg.mem_dim
         curr = vision_feats.flatten(2).transpose(1, 2)  # [B, C, h, w] -> [B, hw, C]
         curr_pos = vision_pos.flatten(2).transpose(1, 2).expand(b, -1, -1)
-        mem = memory.flatten(3).transpose(2, 3).reshape(b, m_slots * hw, m_dim)  # [B, M*hw, m]
+        if memory.dim() == 5:  # [B, M, m, h, w] -> [B, M, hw, m]
+            memory = memory.flatten(3).transpose(2, 3)
+        n_tok = memory.shape[2]  # T tokens per memory frame
+        mem = memory.reshape(b, m_slots * n_tok, m_dim)  # [B, M*T, m]
         tpos = self.maskmem_tpos_enc.reshape(-1, m_dim)[mem_tpos]  # [B, M, m]
-        sine = self.maskmem_pos.flatten(2).transpose(1, 2)  # [1, hw, m]
-        mem_pos = (sine[:, None] + tpos[:, :, None, :]).reshape(b, m_slots * hw, m_dim)
+        sine = self.memory_tokens_pos()[None]  # [1, T, m]
+        mem_pos = (sine[:, None] + tpos[:, :, None, :]).reshape(b, m_slots * n_tok, m_dim)
         split = c // m_dim  # each C-dim pointer becomes `split` tokens sharing one encoding
         p = obj_ptrs.shape[1]
         ptr_tokens = obj_ptrs.reshape(b, p * split, m_dim)
@@ -156,10 +176,10 @@ class SAM2Model(nn.Module):
         ptr_pos = ptr_pos.expand(b, p, split, m_dim).reshape(b, p * split, m_dim)
         zeros = torch.zeros(b, 1, dtype=torch.float32, device=memory.device)
         masked = torch.full_like(zeros, MASKED)
-        mem_bias = torch.where(mem_valid, zeros, masked)[:, :, None].expand(b, m_slots, hw)
+        mem_bias = torch.where(mem_valid, zeros, masked)[:, :, None].expand(b, m_slots, n_tok)
         ptr_bias = torch.where(ptr_valid, zeros, masked)[:, :, None].expand(b, p, split)
         keys = torch.cat([mem, ptr_tokens], dim=1)
         keys_pos = torch.cat([mem_pos, ptr_pos], dim=1)
         bias = torch.cat([mem_bias.reshape(b, -1), ptr_bias.reshape(b, -1)], dim=1)
-        out = self.memory_attention(curr, curr_pos, keys, keys_pos, p * split, bias)
+        out = self.memory_attention(curr, curr_pos, keys, keys_pos, p * split, bias, m_slots)
         return out.transpose(1, 2).reshape(b, c, h, w)  # [B, hw, C] -> [B, C, h, w]

@@ -1,0 +1,370 @@
+"""`quantize`: a checkpoint (or an fp32 ONNX bundle) -> an int8 / int8-dynamic ONNX bundle with
+a measured fidelity report.
+
+1. Checks first (nothing is computed before): precision / format, the output folder, the
+   calibration source (long enough), the input (not already quantised).
+2. The fp32 bundle: `export_bundle` into a temporary folder (or the given fp32 bundle).
+3. Calibration: the fp32 tracker runs over the calibration frames with automatic prompts;
+   every stage's inputs are recorded (`calibration.py`). Frames `< calib_frames` calibrate,
+   the next `holdout_frames` are held out for the fidelity numbers.
+4. Per stage: the policy (default, or chosen from the sensitivity analysis with `analyze`),
+   quantisation with onnxruntime.quantization, the error vs fp32 on calibration and held-out
+   inputs; a stage missing its target (STAGE_TARGETS) stays fp32.
+5. End to end: the quantised tracker against the fp32 tracker over every frame (per-frame
+   mask IoU of >= 2 objects).
+6. The bundle (graphs, `quantization.json`, a plot when matplotlib is installed, the manifest
+   through the contract) is written to a temporary sibling of `out` and moved into place.
+
+Application layer (it runs the tracker).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..contract import (FORMATS, MANIFEST_NAME, STAGES, DataFile, GraphEntry, Manifest, Precision, hash_graph,
+                        load_manifest)
+from ..errors import BundleError, ConfigError, InputError
+from ..progress import Progress
+from . import fidelity as fid
+from .onnx_quant import StagePolicy, StageQuantizer, default_policy, graph_info, run_graph
+
+log = logging.getLogger(__name__)
+
+REPORT_NAME = "quantization.json"
+PLOT_NAME = "quantization.png"
+# a stage is kept quantised only when its outputs on held-out inputs reach these (else fp32)
+STAGE_TARGETS = {"cosine": 0.99, "sqnr_db": 20.0}
+# with --analyze: a node group whose quantisation alone costs more than this stays float
+GROUP_MIN_SQNR_DB = 30.0
+_OUT_KIND = "a bundle made by sam2-edge export / quantize (its manifest.json written by sam2-edge)"
+
+
+def _own_bundle(folder: Path) -> bool:
+    from ..outputs import made_bundle
+
+    return made_bundle(folder, MANIFEST_NAME)
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    report: dict
+
+
+def check_precision(precision, fmt: str = "onnx") -> Precision:
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown bundle format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    p = Precision.parse(precision, fmt)
+    if not p.quantized:
+        raise ConfigError(f"sam2-edge quantize makes int8 / int8-dynamic bundles; for {p.value} use "
+                          f"`sam2-edge export --precision {p.value}`")
+    return p
+
+
+def _source_bundle(source: Path):
+    """The fp32 ONNX manifest of a bundle given as input; a clear error for any other bundle."""
+    m = load_manifest(source)
+    if m.format != "onnx":
+        raise ConfigError(f"{str(source)!r} is a {m.format} bundle; quantisation starts from a checkpoint or an "
+                          "fp32 ONNX bundle (sam2-edge export --format onnx)")
+    if Precision(m.precision) is not Precision.FP32:
+        raise ConfigError(f"{str(source)!r} is already a {m.precision} bundle; quantise from the checkpoint (or its "
+                          "fp32 ONNX bundle), never from a quantised or fp16 one")
+    return m
+
+
+def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[str] = None, calib_frames: int = 16,
+             holdout_frames: int = 8, objects: int = 2, analyze: bool = False, variant: Optional[str] = None,
+             image_size: Optional[int] = None, cond_slots: int = 2, max_samples: int = 48,
+             show_progress: Optional[bool] = None, threads: int = 0) -> QuantizeResult:
+    """Quantise `source` (a checkpoint .pt or an fp32 ONNX bundle folder) to a `precision`
+    bundle in `out`. Returns the bundle path and the fidelity report (also in the bundle)."""
+    t_start = time.perf_counter()
+    p = check_precision(precision, fmt)
+    for name, v, lo in (("calib_frames", calib_frames, 2), ("holdout_frames", holdout_frames, 1), ("objects", objects, 1),
+                        ("max_samples", max_samples, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+    from ..outputs import StagedDir, check_dir
+
+    out = check_dir(out, "--out", _own_bundle, _OUT_KIND)
+    src = Path(source)
+    if not src.exists():
+        raise InputError(f"--checkpoint {str(src)!r} does not exist; give a SAM 2 checkpoint (.pt) or an fp32 ONNX "
+                         "bundle folder")
+    src_manifest = _source_bundle(src) if src.is_dir() else None
+    from .calibration import auto_prompts, load_frames, split_samples, track_clip
+
+    frames, calib_src = load_frames(calib, calib_frames + holdout_frames)
+    h, w = frames[0].shape[:2]
+    prompts = auto_prompts(w, h, objects)
+
+    work = Path(tempfile.mkdtemp(prefix="sam2-edge-quantize-"))
+    try:
+        if src_manifest is None:
+            from ..export import export_bundle
+
+            fp32_dir = export_bundle(str(src), str(work / "fp32"), format="onnx", precision="fp32", variant=variant,
+                                     image_size=image_size, cond_slots=cond_slots, show_progress=show_progress)
+            m32 = load_manifest(fp32_dir)
+        else:
+            m32 = src_manifest
+        spec = m32.spec
+        io = spec.io()
+        in_names = {s: [t.name for t in io[s][0]] for s in STAGES}
+        out_names = {s: [t.name for t in io[s][1]] for s in STAGES}
+
+        from ..runtimes.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        fp32_backend = OnnxRuntimeBackend(spec, m32.stage_files, threads=threads)
+        t0 = time.perf_counter()
+        ref_run = track_clip(fp32_backend, frames, prompts, record=True)
+        record_s = time.perf_counter() - t0
+        data = split_samples(ref_run.samples, in_names, calib_frames, max_samples)
+        for stage in STAGES:
+            if not data[stage]["calibration"] or not data[stage]["held_out"]:
+                raise InputError(f"the calibration run gave no {stage} samples on "
+                                 f"{'calibration' if not data[stage]['calibration'] else 'held-out'} frames; give a "
+                                 "longer video or raise --calib-frames / --holdout-frames")
+
+        qdir = work / "graphs"
+        qdir.mkdir()
+        stages_report: Dict[str, dict] = {}
+        analysis: Dict[str, List[dict]] = {}
+        policies: Dict[str, StagePolicy] = {}
+        infos: Dict[str, dict] = {}
+        steps = len(STAGES)
+        with Progress(steps, f"quantize {m32.variant} -> onnx {p.value}", enabled=show_progress) as bar:
+            for stage in STAGES:
+                sq = StageQuantizer(stage, m32.graphs[stage].path, data[stage]["calibration"], work / f"q-{stage}")
+                ref = {k: run_graph(m32.graphs[stage].path, data[stage][k], out_names[stage], threads)
+                       for k in ("calibration", "held_out")}
+
+                def measure(policy: StagePolicy, path: Path, sets=("held_out",)) -> dict:
+                    res = {}
+                    for k in sets:
+                        got = run_graph(path, data[stage][k], out_names[stage], threads)
+                        res[k] = fid.compare_outputs(out_names[stage], ref[k], got)
+                    return res
+
+                policy = default_policy(stage, p)
+                if analyze:
+                    analysis[stage] = sensitivity(sq, policy, measure, qdir / f"{stage}.probe.onnx")
+                    weak = sorted({r["name"] for r in analysis[stage]
+                                   if r["kind"] == "group" and r["sqnr_db"] < GROUP_MIN_SQNR_DB})
+                    if weak:
+                        policy = replace(policy, float_groups=tuple(sorted(set(policy.float_groups) | set(weak))),
+                                         reason=f"groups below {GROUP_MIN_SQNR_DB:g} dB alone kept float: "
+                                                f"{', '.join(weak)}")
+                path = qdir / f"{stage}.onnx"
+                info = sq.quantize(policy, path)
+                res = measure(policy, path, ("calibration", "held_out"))
+                held = res["held_out"]
+                if held["cosine"] < STAGE_TARGETS["cosine"] or held["sqnr_db"] < STAGE_TARGETS["sqnr_db"]:
+                    why = (f"fidelity target missed (held-out cosine {held['cosine']:.4f}, SQNR "
+                           f"{held['sqnr_db']:.1f} dB; targets >= {STAGE_TARGETS['cosine']}, "
+                           f">= {STAGE_TARGETS['sqnr_db']:g} dB): stage kept fp32")
+                    log.warning("%s: %s", stage, why)
+                    missed = {"policy": policy.to_dict(), **{k: _summary(v) for k, v in res.items()}}
+                    policy = replace(policy, fp32=True, reason=why)
+                    info = sq.quantize(policy, path)
+                    res = measure(policy, path, ("calibration", "held_out"))
+                    res["quantized_attempt"] = missed
+                policies[stage] = policy
+                infos[stage] = info
+                stages_report[stage] = {"policy": policy.to_dict(), "quantized_nodes": info["quantized_nodes"],
+                                        "float_nodes": len(info["float_nodes"]),
+                                        "samples": {k: len(data[stage][k]) for k in ("calibration", "held_out")},
+                                        **res}
+                bar.update(1, stage)
+
+        # end to end: the quantised tracker against the fp32 tracker
+        q_backend = OnnxRuntimeBackend(spec, {s: qdir / f"{s}.onnx" for s in STAGES}, threads=threads)
+        t0 = time.perf_counter()
+        q_run = track_clip(q_backend, frames, prompts)
+        e2e = end_to_end(ref_run.masks, q_run.masks, calib_frames)
+        e2e["seconds"] = round(time.perf_counter() - t0, 2)
+
+        report = {
+            "precision": p.value, "format": "onnx", "variant": m32.variant, "image_size": spec.image_size,
+            "method": ("onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights, uint8 activations, "
+                       "MinMax calibration)" if p is Precision.INT8 else
+                       "onnxruntime.quantization.quantize_dynamic (per-channel int8 weights, uint8 activations "
+                       "quantised at run time)"),
+            "calibration": {"source": os.path.basename(calib_src), "frames": calib_frames, "held_out_frames":
+                            holdout_frames, "objects": objects, "prompts": prompts, "record_seconds": round(record_s, 2),
+                            "deterministic": "fixed frames and prompts; MinMax ranges; no random sampling"},
+            "targets": {"stage": STAGE_TARGETS, "group_min_sqnr_db": GROUP_MIN_SQNR_DB},
+            "stages": stages_report,
+            "end_to_end": e2e,
+            "sizes": {s: {"fp32_bytes": m32.graphs[s].bytes, "bytes": (qdir / f"{s}.onnx").stat().st_size}
+                      for s in STAGES},
+            "analysis": analysis,
+        }
+        report["sizes"]["total"] = {k: sum(v[k] for v in report["sizes"].values()) for k in ("fp32_bytes", "bytes")}
+        report = fid.rounded(report)
+
+        with StagedDir(out, "--out", _own_bundle, _OUT_KIND) as staged:
+            tmp = staged.path
+            for s in STAGES:
+                shutil.copyfile(qdir / f"{s}.onnx", tmp / f"{s}.onnx")
+            (tmp / REPORT_NAME).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+            report_files = [REPORT_NAME]
+            if write_plot(report, tmp / PLOT_NAME):
+                report_files.append(PLOT_NAME)
+            graphs = {}
+            for s in STAGES:
+                g = m32.graphs[s]
+                fpath = tmp / f"{s}.onnx"
+                extra = {k: v for k, v in dict(g.extra).items() if k in ("opset", "exporter")}
+                extra.update(graph_info(fpath))
+                extra["source_sha256"] = g.sha256
+                extra["quantization"] = {**policies[s].to_dict(), "quantized_nodes": infos[s]["quantized_nodes"],
+                                         "float_nodes": infos[s]["float_nodes"],
+                                         "held_out": _summary(stages_report[s]["held_out"])}
+                data_files = ()
+                if s == STAGES[0]:  # the report rides on the first graph entry so load_manifest hashes it
+                    data_files = tuple(DataFile(f, hash_graph(tmp / f)) for f in report_files)
+                    extra["report_files"] = report_files
+                graphs[s] = GraphEntry(s, f"{s}.onnx", hash_graph(fpath), None, g.inputs, g.outputs,
+                                       bytes=fpath.stat().st_size, data_files=data_files, extra=fid.rounded(extra))
+            from ..export.bundle import library_versions
+
+            manifest = replace(m32, root=None, precision=p, graphs=graphs,
+                               exporter={"name": "sam2-edge", "version": __version__,
+                                         "module": "sam2_edge.quantization.pipeline",
+                                         "source_precision": "fp32", "report": REPORT_NAME,
+                                         "seconds": round(time.perf_counter() - t_start, 2)},
+                               libraries=library_versions(),
+                               created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+            load_manifest(tmp)  # what the loader will see: refuse to move a bundle it would refuse
+            final = staged.commit()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("quantized bundle %s (%s) in %.1f s", final, p.value, time.perf_counter() - t_start)
+    return QuantizeResult(final, report)
+
+
+def _summary(r: Mapping) -> dict:
+    return {k: r[k] for k in ("cosine", "sqnr_db", "max_abs")}
+
+
+def sensitivity(sq: StageQuantizer, policy: StagePolicy, measure, probe: Path) -> List[dict]:
+    """One stage's sensitivity: its default policy, then each node group and each op type
+    quantised alone (everything else float), measured on held-out inputs."""
+    rows = []
+
+    def row(kind: str, name: str, pol: StagePolicy) -> None:
+        t0 = time.perf_counter()
+        info = sq.quantize(pol, probe)
+        res = measure(pol, probe)["held_out"]
+        rows.append({"kind": kind, "name": name, "nodes": info["quantized_nodes"], **_summary(res),
+                     "seconds": round(time.perf_counter() - t0, 2)})
+
+    row("stage", "default policy", policy)
+    groups = sq.groups(policy.op_types)
+    for g in sorted(set(groups.values())):
+        row("group", g, replace(policy, float_groups=(), only_groups=(g,)))
+    for op in policy.op_types:
+        if any(n.op_type == op for n in sq.model.graph.node):
+            row("op_type", op, replace(policy, op_types=(op,), float_groups=()))
+    probe.unlink(missing_ok=True)
+    return rows
+
+
+def end_to_end(ref: Sequence[Mapping[int, np.ndarray]], got: Sequence[Mapping[int, np.ndarray]],
+               calib_frames: int) -> dict:
+    """Per-frame mask IoU of the quantised tracker against the fp32 tracker (mean and min over
+    objects), its mean / min over frames, split into calibration and held-out frames, and J&F
+    with the fp32 masks as pseudo ground truth."""
+    from ..evaluation.metrics import frame_iou, score_sequence
+
+    per_mean, per_min = [], []
+    for a, b in zip(ref, got):
+        ious = frame_iou(a, b)
+        per_mean.append(float(np.mean(ious)))
+        per_min.append(float(np.min(ious)))
+    held = per_mean[calib_frames:]
+    jf = score_sequence(got, ref, skip_first_last=False)
+    return {"frames": len(ref), "objects": len(ref[0]) if ref else 0,
+            "iou_mean": float(np.mean(per_mean)), "iou_min": float(np.min(per_min)),
+            "iou_mean_held_out": float(np.mean(held)) if held else None,
+            "iou_curve": per_mean, "iou_min_curve": per_min,
+            "J": jf["J"], "F": jf["F"], "JF": jf["JF"]}
+
+
+def write_plot(report: dict, path: Path) -> bool:
+    """The IoU curve and per-stage SQNR as a PNG; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    e2e = report["end_to_end"]
+    a1.plot(e2e["iou_curve"], label="mean over objects")
+    a1.plot(e2e["iou_min_curve"], label="min over objects")
+    a1.axvline(report["calibration"]["frames"] - 0.5, color="grey", ls=":", label="held-out from here")
+    a1.set_xlabel("frame")
+    a1.set_ylabel(f"mask IoU {report['precision']} vs fp32")
+    a1.set_ylim(0, 1.02)
+    a1.legend(fontsize=8)
+    names = list(report["stages"])
+    for k, off in (("calibration", -0.2), ("held_out", 0.2)):
+        a2.bar(np.arange(len(names)) + off, [min(report["stages"][s][k]["sqnr_db"], 80) for s in names], 0.4, label=k)
+    a2.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
+    a2.set_ylabel("SQNR dB (vs fp32)")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def format_report(report: dict) -> str:
+    """The fidelity report as text tables."""
+    lines = [f"{report['precision']} ({report['method']})",
+             f"{'stage':17s} {'policy':10s} {'q.nodes':>7s} {'float':>5s} | {'calib cos':>9s} {'SQNR dB':>7s} "
+             f"{'max abs':>8s} | {'held cos':>8s} {'SQNR dB':>7s} {'max abs':>8s} | {'MB fp32':>7s} {'MB':>6s}"]
+    for s, r in report["stages"].items():
+        c, h = r["calibration"], r["held_out"]
+        sz = report["sizes"][s]
+        lines.append(f"{s:17s} {r['policy']['precision']:10s} {r['quantized_nodes']:7d} {r['float_nodes']:5d} | "
+                     f"{c['cosine']:9.5f} {c['sqnr_db']:7.1f} {c['max_abs']:8.4f} | {h['cosine']:8.5f} "
+                     f"{h['sqnr_db']:7.1f} {h['max_abs']:8.4f} | {sz['fp32_bytes'] / 1e6:7.2f} {sz['bytes'] / 1e6:6.2f}")
+        if r["policy"].get("reason"):
+            lines.append(f"    {r['policy']['reason']}")
+    t = report["sizes"]["total"]
+    e = report["end_to_end"]
+    lines.append(f"total size {t['fp32_bytes'] / 1e6:.2f} MB fp32 -> {t['bytes'] / 1e6:.2f} MB")
+    held = e.get("iou_mean_held_out")
+    lines.append(f"end to end vs fp32 tracker ({e['frames']} frames, {e['objects']} objects): mask IoU mean "
+                 f"{e['iou_mean']:.4f}, min {e['iou_min']:.4f}" + (f", held-out mean {held:.4f}" if held is not None
+                                                                     else "")
+                 + f"; J&F {e['JF']:.4f} (J {e['J']:.4f}, F {e['F']:.4f})")
+    for stage, rows in (report.get("analysis") or {}).items():
+        lines.append(f"sensitivity {stage} (held-out, each row quantised alone):")
+        for r in rows:
+            lines.append(f"  {r['kind']:8s} {r['name']:44s} {r['nodes']:4d} nodes  cos {r['cosine']:.5f}  "
+                         f"SQNR {r['sqnr_db']:6.1f} dB  max abs {r['max_abs']:.4f}")
+    return "\n".join(lines)
+
+
+__all__ = ["quantize", "QuantizeResult", "check_precision", "sensitivity", "end_to_end", "format_report",
+           "write_plot", "REPORT_NAME", "PLOT_NAME", "STAGE_TARGETS", "GROUP_MIN_SQNR_DB"]
