@@ -117,7 +117,10 @@ def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         graphs = {}
-        with Progress(len(STAGES), f"export {cfg.name} -> {format} {precision.value}", enabled=show_progress) as bar:
+        from ..quiet import quiet  # the exporters' third-party logging / warnings, restored after (-v: all)
+
+        with quiet(), Progress(len(STAGES), f"export {cfg.name} -> {format} {precision.value}",
+                               enabled=show_progress) as bar:
             for stage in STAGES:
                 ins, outs = io[stage]
                 args = tuple(torch.from_numpy(a) for a in example_inputs(spec, stage))

@@ -12,7 +12,7 @@ Every number is computed over all samples of a stage at once (the samples concat
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, Mapping, Sequence
 
 import numpy as np
 

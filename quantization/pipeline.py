@@ -34,9 +34,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .. import __version__
-from ..contract import (FORMATS, MANIFEST_NAME, STAGES, DataFile, GraphEntry, Manifest, Precision, hash_graph,
+from ..contract import (FORMATS, MANIFEST_NAME, STAGES, DataFile, GraphEntry, Precision, hash_graph,
                         load_manifest)
-from ..errors import BundleError, ConfigError, InputError
+from ..errors import ConfigError, InputError
 from ..progress import Progress
 from . import fidelity as fid
 from .onnx_quant import StagePolicy, StageQuantizer, default_policy, graph_info, run_graph
@@ -67,7 +67,7 @@ class QuantizeResult:
 def check_precision(precision, fmt: str = "onnx") -> Precision:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown bundle format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    p = Precision.parse(precision, fmt)
+    p = Precision.parse(precision, fmt, quantized=True)
     if not p.quantized:
         raise ConfigError(f"sam2-edge quantize makes int8 / int8-dynamic bundles; for {p.value} use "
                           f"`sam2-edge export --precision {p.value}`")
@@ -235,15 +235,12 @@ def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[s
                 extra["quantization"] = {**policies[s].to_dict(), "quantized_nodes": infos[s]["quantized_nodes"],
                                          "float_nodes": infos[s]["float_nodes"],
                                          "held_out": _summary(stages_report[s]["held_out"])}
-                data_files = ()
-                if s == STAGES[0]:  # the report rides on the first graph entry so load_manifest hashes it
-                    data_files = tuple(DataFile(f, hash_graph(tmp / f)) for f in report_files)
-                    extra["report_files"] = report_files
                 graphs[s] = GraphEntry(s, f"{s}.onnx", hash_graph(fpath), None, g.inputs, g.outputs,
-                                       bytes=fpath.stat().st_size, data_files=data_files, extra=fid.rounded(extra))
+                                       bytes=fpath.stat().st_size, extra=fid.rounded(extra))
             from ..export.bundle import library_versions
 
-            manifest = replace(m32, root=None, precision=p, graphs=graphs,
+            manifest = replace(m32, root=None, precision=p, graphs=graphs,  # the report: hashed attachments
+                               attachments=tuple(DataFile(f, hash_graph(tmp / f)) for f in report_files),
                                exporter={"name": "sam2-edge", "version": __version__,
                                          "module": "sam2_edge.quantization.pipeline",
                                          "source_precision": "fp32", "report": REPORT_NAME,

@@ -358,6 +358,8 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"checkpoint {path!r} is empty; download it again")
     lim = checkpoint_limits()
+    if _is_safetensors(path):  # a student of `sam2-edge distill` (or any safetensors state dict)
+        return {RENAMES.get(k, k): v for k, v in _read_safetensors(path, lim).items()}
     obj = _load(path, lim)
     if not isinstance(obj, dict) or "model" not in obj or not isinstance(obj["model"], dict):
         raise CheckpointError(f"{path!r} is not a SAM 2 checkpoint: expected a dict with a 'model' state dict")
@@ -377,6 +379,92 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f"{path!r}: its tensors hold {total:,} elements in all, more than any SAM 2 "
                               f"variant (max {lim.max_total_elements:,}; views of shared storage count in full)")
     return {RENAMES.get(k, k): _finite_float32(path, k, v) if upcast[k] else v for k, v in model.items()}
+
+
+# ------------------------------------------------------------------ safetensors (distilled students)
+_ST_DTYPES = {"F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2), "F32": (torch.float32, 4),
+              "F64": (torch.float64, 8)}
+
+
+def _is_safetensors(path: str) -> bool:
+    if path.lower().endswith(".safetensors"):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK")
+
+
+def safetensors_header(path: str, lim: Optional[CheckpointLimits] = None) -> dict:
+    """The JSON header of a safetensors file, checked against `lim` before any tensor is read:
+    bounded size, float dtypes only, offsets inside the file, element counts within the limits."""
+    import json
+    import struct
+
+    lim = lim or checkpoint_limits()
+    size = os.path.getsize(path)
+    if size > lim.max_total_bytes:
+        over, most = _fmt_over(size, lim.max_total_bytes)
+        raise CheckpointError(f"{path!r} is {over}, more than the largest SAM 2 variant needs (max {most})")
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+        if n < 2 or n > lim.max_metadata_bytes or 8 + n > size:
+            raise _corrupt(path, f"safetensors header length {n} (file {size} bytes, max {lim.max_metadata_bytes})")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeError, ValueError) as e:
+            raise _corrupt(path, f"safetensors header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise _corrupt(path, "safetensors header is not a JSON object")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise _corrupt(path, "safetensors __metadata__ must map strings to strings")
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    if len(entries) > lim.max_tensors:
+        raise CheckpointError(f"{path!r}: the state dict holds {len(entries):,} entries, more than any SAM 2 "
+                              f"variant has (max {lim.max_tensors:,})")
+    total = 0
+    for k, e in entries.items():
+        where = f"{path!r}: entry {_one_line(k, 80)!r}"
+        if not isinstance(e, dict) or e.get("dtype") not in _ST_DTYPES:
+            dt = e.get("dtype") if isinstance(e, dict) else e
+            raise CheckpointError(f"{where} has dtype {_one_line(str(dt), 40)}; SAM 2 weights are "
+                                  "float16, bfloat16, float32 or float64")
+        shape, offs = e.get("shape"), e.get("data_offsets")
+        if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)
+                or not isinstance(offs, list) or len(offs) != 2 or not all(isinstance(o, int) for o in offs)):
+            raise _corrupt(path, f"entry {_one_line(k, 80)} has a malformed shape or data_offsets")
+        numel = math.prod(shape)
+        if numel > lim.max_tensor_elements:
+            raise CheckpointError(f"{where} has {numel:,} elements (shape {tuple(shape)}), more than any SAM 2 "
+                                  f"variant's largest tensor ({lim.max_tensor_elements:,})")
+        if offs[1] - offs[0] != numel * _ST_DTYPES[e["dtype"]][1] or offs[0] < 0 or 8 + n + offs[1] > size:
+            raise _corrupt(path, f"entry {_one_line(k, 80)}: its data_offsets do not fit its shape or the file")
+        total += numel
+    if total > lim.max_total_elements:
+        raise CheckpointError(f"{path!r}: its tensors hold {total:,} elements in all, more than any SAM 2 "
+                              f"variant (max {lim.max_total_elements:,})")
+    return header
+
+
+def safetensors_metadata(path: str) -> Dict[str, str]:
+    """The `__metadata__` of a safetensors checkpoint ({} for a .pt file)."""
+    if not os.path.isfile(path) or not _is_safetensors(path):
+        return {}
+    return dict(safetensors_header(path).get("__metadata__", {}))
+
+
+def _read_safetensors(path: str, lim: CheckpointLimits) -> Dict[str, torch.Tensor]:
+    safetensors_header(path, lim)
+    try:
+        from safetensors.torch import load_file
+    except ModuleNotFoundError:
+        raise CheckpointError(f"{path!r} is a safetensors file: pip install 'safetensors>=0.4'") from None
+    try:
+        sd = load_file(path, device="cpu")
+    except Exception as e:  # noqa: BLE001 - the parser's own errors on a corrupt file
+        raise _corrupt(path, f"{type(e).__name__}: {e}") from None
+    return {k: _finite_float32(path, k, v) if _check_tensor(path, k, v, lim) else v for k, v in sd.items()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -432,8 +520,9 @@ def check_state_dict(sd: Dict[str, torch.Tensor], cfg: ModelConfig, path: str) -
 def load_checkpoint(path: str, variant: Optional[str] = None,
                     image_size: Optional[int] = None) -> Tuple[SAM2Model, ModelConfig]:
     sd = read_state_dict(path)
-    if variant is None:
-        variant = match_variant(sd)
+    if variant is None:  # a student's safetensors names its variant (tiny-512 has tiny's shapes)
+        variant = safetensors_metadata(path).get("variant")
+        variant = variant if variant in list_variants() else match_variant(sd)
         if variant is None:
             if not any(k.startswith("image_encoder.trunk.") for k in sd):
                 raise CheckpointError(f"{path!r} is not a SAM 2 checkpoint (no image_encoder.trunk.* weights)")

@@ -75,7 +75,8 @@ def _register_optional() -> None:
     import importlib
 
     for mod in ("sam2_edge.runtimes.cli", "sam2_edge.export.cli", "sam2_edge.bench.cli", "sam2_edge.demo_cli",
-                "sam2_edge.quantization.cli", "sam2_edge.evaluation.cli"):
+                "sam2_edge.quantization.cli", "sam2_edge.evaluation.cli",
+                "sam2_edge.distill.cli"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

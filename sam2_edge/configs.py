@@ -194,3 +194,54 @@ def edgetam_micro() -> ModelConfig:
     """The 5.92 M-parameter EdgeTAM test model of ``shared/reference/edgetam_micro`` (full RepViT-M1)."""
     return _edgetam("edgetam-micro", image_size=256, d_model=64, mem_dim=16, mem_attn_ffn_dim=128,
                     perceiver=PerceiverConfig(num_latents=32, num_latents_2d=64))
+
+
+# ------------------------------------------------------------------ distillation students
+# Each student is its teacher's config with only what differs (sam2_edge.distill trains them);
+# `teacher_of(name)` names the teacher whose weights it starts from where shapes match.
+_TEACHER_OF: Dict[str, str] = {}
+
+
+def _student(teacher: str, name: str, **differs) -> ModelConfig:
+    _TEACHER_OF[name] = teacher
+    return dataclasses.replace(get_config(teacher), name=name, **differs)
+
+
+def teacher_of(name: str) -> Optional[str]:
+    """The registered teacher of a student variant (None for a variant that is no student)."""
+    return _TEACHER_OF.get(name)
+
+
+@register
+def tiny_512() -> ModelConfig:
+    """SAM 2.1 Hiera-tiny at 512 px: the teacher's weights, resolution only (~4x less compute)."""
+    return _student("sam2.1-hiera-tiny", "sam2.1-hiera-tiny-512", image_size=512)
+
+
+@register
+def tiny_perceiver() -> ModelConfig:
+    """Hiera-tiny with EdgeTAM's memory: perceiver-compressed memory frames (512 tokens instead
+    of 4096), 2 memory-attention layers instead of 4."""
+    return _student("sam2.1-hiera-tiny", "sam2.1-hiera-tiny-perceiver", mem_attn_layers=2,
+                    perceiver=PerceiverConfig())
+
+
+@register
+def tiny_nano_512() -> ModelConfig:
+    """A 7-block Hiera trunk (tiny's widths, stages 1-2-3-1), 2 memory-attention layers, 512 px."""
+    return _student("sam2.1-hiera-tiny", "sam2.1-hiera-nano-512", image_size=512, mem_attn_layers=2,
+                    hiera=HieraConfig(stages=(1, 2, 3, 1), global_att_blocks=(4, 5)))
+
+
+@register
+def tiny_repvit_512() -> ModelConfig:
+    """EdgeTAM's blocks under SAM 2.1's heads: RepViT-M1 trunk, perceiver memory, 2 layers, 512 px."""
+    return _student("sam2.1-hiera-tiny", "sam2.1-repvit-512", image_size=512, trunk="repvit",
+                    repvit=RepViTConfig(), mem_attn_layers=2, perceiver=PerceiverConfig())
+
+
+@register
+def micro_student() -> ModelConfig:
+    """The distillation test student of `micro`: one block per Hiera stage, 1 memory-attention layer."""
+    return _student("micro", "micro-student", mem_attn_layers=1,
+                    hiera=HieraConfig(embed_dim=16, stages=(1, 1, 1, 1), global_att_blocks=(2,)))

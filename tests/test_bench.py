@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,3 +149,205 @@ def test_plot_writes_png(tmp_path):
     out = tmp_path / "p.png"
     B.plot(rep, str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ first-run experience
+def test_no_argument_defaults_are_quick_and_stated():
+    import argparse
+
+    from sam2_edge.bench import cli as bench_cli
+
+    def ns(**kw):
+        base = dict(checkpoint=None, bundle=None, frames=None, image_size=None, objects=None, warmup=None,
+                    prompt_repeats=None)
+        base.update(kw)
+        return argparse.Namespace(**base)
+
+    a = ns()
+    assert bench_cli._apply_defaults(a) == {"frames": 12, "image_size": 512, "objects": "1", "warmup": 1,
+                                            "prompt_repeats": 2}
+    a = ns(frames=20, image_size=1024, objects="1,3", warmup=2, prompt_repeats=3)  # the user asks for more
+    assert bench_cli._apply_defaults(a) == {} and (a.image_size, a.frames) == (1024, 20)
+    a = ns(checkpoint="x.pt")  # a real checkpoint: its own size, the full protocol
+    assert bench_cli._apply_defaults(a) == {"frames": 16, "objects": "1,3", "warmup": 2, "prompt_repeats": 3}
+    assert a.image_size is None
+
+
+def test_progress_logs_when_not_a_terminal(caplog):
+    import io
+    import logging
+
+    from sam2_edge.progress import Progress
+
+    stream = io.StringIO()  # not a TTY: no bar, periodic log lines instead
+    with caplog.at_level(logging.INFO, logger="sam2_edge.progress"):
+        with Progress(4, "bench", stream=stream, interval=0.0) as bar:
+            for _ in range(4):
+                bar.update(1, "torch 1 obj")
+            bar.message("bench: torch: 1 obj 3.2 fps")
+    assert stream.getvalue() == ""
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("bench: 2/4 (50%)" in m and "torch 1 obj" in m for m in msgs)
+    assert "bench: torch: 1 obj 3.2 fps" in msgs
+    assert any("finished 4/4" in m for m in msgs)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sam2_edge.progress"):
+        with Progress(4, "quick", stream=io.StringIO()) as bar:  # quick work (under the interval): silent
+            bar.update(4)
+        with Progress(4, "off", stream=io.StringIO(), enabled=False, interval=0.0) as bar:  # --no-progress
+            bar.update(4)
+    assert caplog.records == []
+
+
+def test_all_means_every_backend_that_runs_here(tmp_path, monkeypatch, capsys):
+    """`--backends all`: the backends that cannot run here are listed as skipped, with the reason;
+    one named explicitly that cannot run is an error."""
+    from sam2_edge.bench import targets as T
+
+    def unavailable(name, export=False):
+        return None if name == "torch" else f"{name} is not installed here (test)"
+
+    monkeypatch.setattr(T, "backend_unavailable", unavailable)
+    rep = _bench(tmp_path, "--threads", "1", "--backends", "all", "--export-dir", str(tmp_path / "cache"))
+    assert [t["backend"] for t in rep["targets"]] == ["torch"]
+    assert {s["backend"]: s["reason"] for s in rep["skipped"]} == {
+        b: f"{b} is not installed here (test)" for b in ("onnxruntime", "executorch", "coreml")}
+    out = capsys.readouterr().out
+    assert "coreml" in out and "skipped: coreml is not installed here (test)" in out
+    rc = main(["bench", "--checkpoint", str(_micro()), "--backends", "torch,coreml", "--no-progress",
+               "--export-dir", str(tmp_path / "cache")])
+    assert rc == 2 and "backend coreml: coreml is not installed here" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_the_results_so_far(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while streaming 3 objects: the JSON and the table still come out, with the 1-object run
+    complete and the 3-object run marked partial; exit code 130."""
+    from sam2_edge.bench.targets import Target
+
+    calls = {"n": 0}
+    orig = Target.call
+
+    def call(self, fn):
+        calls["n"] += 1
+        # 3 cold + warm-up, 3 first-frame, 1 + 9 for 1 object, 3 prompts + frames 1..8 for 3 objects
+        if calls["n"] == 28:
+            raise KeyboardInterrupt
+        return orig(self, fn)
+
+    monkeypatch.setattr(Target, "call", call)
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--checkpoint", str(_micro()), "--frames", "10", "--objects", "1,3", "--threads", "1",
+               "--json", str(out), "--no-progress", "--export-dir", str(tmp_path / "cache")])
+    assert rc == 130
+    rep = json.loads(out.read_text())
+    assert rep["interrupted"] is True and rep["interrupted_during"] == "streaming 3 objects"
+    (t,) = rep["targets"]
+    assert t["runs"]["1"]["complete"] is True and t["runs"]["1"]["frames_measured"] == 2
+    assert t["runs"]["3"]["complete"] is False and t["runs"]["3"]["frames_measured"] == 1
+    text = capsys.readouterr().out
+    assert "INTERRUPTED during streaming 3 objects" in text and "* 1 frames" in text
+
+
+def test_cache_name_and_validation(tmp_path):
+    from sam2_edge.bench import targets as T
+
+    a = T.bundle_cache_name("sam2.1-hiera-tiny", 512, "onnx", "random weights, torch.manual_seed(0)")
+    assert a.startswith("sam2.1-hiera-tiny-512-onnx-") and len(a.rsplit("-", 1)[1]) == 12
+    assert a == T.bundle_cache_name("sam2.1-hiera-tiny", 512, "onnx", "random weights, torch.manual_seed(0)")
+    assert a != T.bundle_cache_name("sam2.1-hiera-tiny", 512, "onnx", "ab" * 32)        # other weights
+    assert a != T.bundle_cache_name("sam2.1-hiera-tiny", 1024, "onnx", "random weights, torch.manual_seed(0)")
+    assert T.check_cached_bundle(tmp_path / "none", "onnx", None, None, None) == "not exported yet"
+    (tmp_path / "junk").mkdir()
+    assert "not valid" in T.check_cached_bundle(tmp_path / "junk", "onnx", None, None, None)
+
+
+def test_cache_dir_follows_xdg(monkeypatch, tmp_path):
+    from sam2_edge.bench import targets as T
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert T.default_export_dir() == tmp_path / "sam2-edge" / "bundles"
+
+
+def test_exported_bundle_is_cached_between_runs(tmp_path):
+    """The ONNX bundle a run exports is reused by the next (validated with load_manifest), and a
+    damaged one is exported again."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    cache = tmp_path / "cache"
+    args = ("--threads", "1", "--backends", "onnx", "--objects", "1", "--export-dir", str(cache),
+            "--prompt-repeats", "1")
+    first = _bench(tmp_path, *args)
+    (t,) = first["targets"]
+    assert t["backend"] == "onnxruntime" and t["bundle_cached"] is False
+    (entry,) = first["config"]["exports"].values()
+    assert entry["cached"] is False and entry["export_seconds"] > 0
+    bundle = Path(t["bundle"])
+    assert bundle.parent == cache and bundle.name.startswith("micro-256-onnx-")
+    second = _bench(tmp_path, *args)
+    assert second["targets"][0]["bundle_cached"] is True and second["targets"][0]["bundle"] == str(bundle)
+    graph = next(bundle.glob("image_encoder*"))
+    graph.write_bytes(graph.read_bytes()[:-1] + b"\0")  # damaged: its sha256 no longer matches
+    third = _bench(tmp_path, *args)
+    assert third["targets"][0]["bundle_cached"] is False
+
+
+# ------------------------------------------------------------------ sam2_edge.quiet
+def test_quiet_lowers_third_party_loggers_and_restores():
+    import logging
+    import warnings
+
+    from sam2_edge.quiet import quiet
+
+    lg = logging.getLogger("torch._dynamo")
+    lg.setLevel(logging.INFO)
+    own = logging.getLogger("sam2_edge.bench")
+    own_level = own.level
+    logging.getLogger("sam2_edge").setLevel(logging.INFO)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with quiet():
+                assert lg.level == logging.ERROR and own.level == own_level
+                warnings.warn_explicit("third-party noise", FutureWarning, "/x/site-packages/torch/foo.py", 1,
+                                       module="torch.foo")
+                warnings.warn_explicit("copyreg noise", FutureWarning, "/usr/lib/python3/copyreg.py", 1,
+                                       module="copyreg")
+                import sam2_edge.quiet as q
+
+                warnings.warn_explicit("ours", UserWarning, q.__file__, 1, module="sam2_edge.quiet")
+        assert [str(w.message) for w in seen] == ["ours"]  # a sam2_edge warning is never filtered
+        assert lg.level == logging.INFO
+    finally:
+        lg.setLevel(logging.NOTSET)
+        logging.getLogger("sam2_edge").setLevel(logging.NOTSET)
+
+
+def test_quiet_is_a_no_op_at_debug():
+    import logging
+
+    from sam2_edge.quiet import quiet
+
+    lg = logging.getLogger("executorch")
+    logging.getLogger("sam2_edge").setLevel(logging.DEBUG)
+    try:
+        with quiet():
+            assert lg.level == logging.NOTSET
+    finally:
+        logging.getLogger("sam2_edge").setLevel(logging.NOTSET)
+
+
+def test_quiet_fd_captures_native_stderr(capfd):
+    import os
+
+    from sam2_edge.quiet import quiet
+
+    with quiet(fd=True):
+        os.write(2, b"[threadpool.cpp:66] native noise\n")
+    assert "native noise" not in capfd.readouterr().err
+    try:
+        with quiet(fd=True, tail_lines=5):
+            os.write(2, b"the native context of a failure\n")
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert "the native context of a failure" in capfd.readouterr().err  # kept when the block fails

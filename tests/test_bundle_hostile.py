@@ -370,3 +370,51 @@ def test_fuzzed_pte_bytes_give_bundle_error_or_clean_result(micro_pte, tmp_path)
     out = _fuzz(micro_pte, ".pte", tmp_path, n=6, seed=2)
     print(f"\n[fuzz pte] {out}")
     assert sum(out.values()) == 6
+
+
+def test_pte_with_a_non_utf8_method_name_is_a_bundle_error_not_an_abort(micro_pte, tmp_path):
+    """ExecuTorch aborts the process (SIGABRT) on a program whose method name is not UTF-8;
+    an untrusted bundle is loaded in a child first, so this process gets a BundleError."""
+    root = copy_bundle(micro_pte, tmp_path / "b")
+    path = root / "mask_decoder.pte"
+    data = path.read_bytes()
+    assert b"forward" in data
+    path.write_bytes(data.replace(b"forward", b"forw\xffrd"))
+    _rehash(root, "mask_decoder")
+    with pytest.raises(BundleError):
+        bundle_backends.open_bundle(root, threads=1)
+
+
+def test_pte_truncated_under_a_running_tracker_does_not_reach_it(micro_pte, tmp_path):
+    """Programs are loaded from the verified bytes, not memory-mapped from the bundle: truncating
+    or overwriting a .pte after loading cannot crash (SIGBUS) or change the running tracker."""
+    root = copy_bundle(micro_pte, tmp_path / "b")
+    be = bundle_backends.open_bundle(root, isolate=False, threads=1)
+    args = example_inputs(be.spec, "memory_encoder")
+    before = be.run("memory_encoder", args)
+    with open(root / "memory_encoder.pte", "r+b") as f:
+        f.truncate(100)
+    (root / "image_encoder.pte").write_bytes(b"\0" * 1000)
+    after = be.run("memory_encoder", args)
+    np.testing.assert_array_equal(before[0], after[0])
+    assert all(np.isfinite(o).all() for o in be.run("image_encoder", example_inputs(be.spec, "image_encoder")))
+
+
+
+def test_altered_attachment_is_refused(fake):
+    """Files no graph loads (a quantization report) are listed and hashed too: editing them is
+    caught like editing a graph."""
+    (fake / "report.json").write_text('{"iou": 0.99}')
+    m = read_manifest(fake)
+    m["attachments"] = [{"file": "report.json", "sha256": hash_graph(fake / "report.json")}]
+    write_manifest(fake, m)
+    assert [a.file for a in load_manifest(fake).attachments] == ["report.json"]
+    (fake / "report.json").write_text('{"iou": 1.00}')
+    with pytest.raises(BundleError, match="altered"):
+        load_manifest(fake)
+    with pytest.raises(BundleError, match="altered"):
+        read_bundle(fake)
+    m["attachments"] = [{"file": "../outside.json", "sha256": "0" * 64}]
+    write_manifest(fake, m)
+    with pytest.raises(BundleError, match=r"\.\."):
+        load_manifest(fake)

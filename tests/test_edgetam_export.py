@@ -177,3 +177,20 @@ def executorch_tracker(tmp_path_factory):
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_executorch_tracking_matches_goldens(executorch_tracker, scenario):
     _compare(run_scenario(executorch_tracker, STREAM, f"stream_{scenario}"), scenario)
+
+
+# ------------------------------------------------------------------ CoreML (structure here; numerics on macOS)
+def test_coreml_bundle_structure(tmp_path):
+    """An EdgeTAM CoreML bundle goes through the same exporter: every graph is an iOS 17 ML
+    program whose IO is the compressed-memory spec (numerics need macOS: test_export_coreml)."""
+    pytest.importorskip("coremltools")
+    from test_export_coreml import _assert_program_is_valid
+
+    from sam2_edge.contract import STAGES, load_manifest
+    from sam2_edge.export import export_bundle
+
+    out = export_bundle(str(CKPT), str(tmp_path / "cm"), format="coreml", show_progress=False)
+    m = load_manifest(out)
+    assert m.format == "coreml" and m.variant == "edgetam-micro" and m.spec.mem_tokens > 0
+    for stage in STAGES:
+        _assert_program_is_valid(m.spec, m.graphs[stage].path, stage)

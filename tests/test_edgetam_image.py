@@ -229,4 +229,10 @@ def test_full_encoder_end_to_end(et_full):
 def test_full_image_case(et_full, case):
     model, enc, g, _ = et_full
     cases = {c["case"]: c for c in load_manifest(ET_DIR)["images"][0]["cases"]}
-    _check_case("edgetam", model, enc, g, case, True, cases[case])
+    # The full-size goldens are fp16. Through the 1024-px RepViT trunk (BatchNorm, depthwise convs)
+    # our float32 sums differ from the official ones by more than Hiera's do: measured, 98.7 % of
+    # logits round to the identical fp16 value, the rest differ by one fp16 ulp (|d| <= 8.2e-3 at
+    # |x| in [8, 16), relative <= 7.9e-4), and near zero by |d| <= 3.3e-4. atol 5e-4 + rtol 1e-3
+    # (one fp16 ulp is 2**-10 relative) admits that and no more; masks must still agree (>= 99.5 %,
+    # checked in _check_case).
+    _check_case("edgetam", model, enc, g, case, True, cases[case], logits_tol=(5e-4, 1e-3))

@@ -32,6 +32,7 @@ LAYER_OF = {
     "sam2_edge.quantization.cli": "app",
     "sam2_edge.evaluation": "app",
     "sam2_edge.evaluation.metrics": "base",  # numpy + cv2 only
+    "sam2_edge.distill": "app",  # trains students: the model, the runtime tracker, the evaluation
     # the user-facing layer: command line, benchmark, apps
     "sam2_edge.cli": "app",
     "sam2_edge.demo_cli": "app",

@@ -65,8 +65,8 @@ def _check_bundle(path, precision):
 
     m = load_manifest(path)                                  # validates hashes, incl. the report
     assert m.format == "onnx" and m.precision is Precision(precision)
-    first = m.graphs[STAGES[0]]
-    assert [d.file for d in first.data_files][:1] == ["quantization.json"]
+    assert [a.file for a in m.attachments][:1] == ["quantization.json"]  # hashed like the graphs
+    assert all(not m.graphs[s].data_files for s in STAGES)
     for s in STAGES:
         q = m.graphs[s].extra["quantization"]
         assert "float_groups" in q and "op_types_quantized" in q and "held_out" in q

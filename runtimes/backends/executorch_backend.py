@@ -73,7 +73,9 @@ class ExecuTorchBackend(Backend):
             except Exception as e:  # the bindings raise RuntimeError / ValueError on bad files
                 raise BundleError(f"cannot load ExecuTorch program {path}: {e}") from e
             self._check_meta(stage, path, method.metadata)
-            self._methods[stage] = (program, method)  # keep the program alive with its method
+            # keep the program alive with its method, and the verified bytes it may point into (a program
+            # loaded from a buffer can reference it rather than copy it)
+            self._methods[stage] = (program, method, data)
 
     def _check_meta(self, stage: str, path: Path, meta) -> None:
         ins, outs = self._io[stage]
@@ -98,7 +100,7 @@ class ExecuTorchBackend(Backend):
             if a.shape != t.shape:
                 raise InputError(f"{stage}: input {t.name} has shape {a.shape}, expected {t.shape}")
             args.append(self._torch.from_numpy(a))
-        _, method = self._methods[stage]
+        _, method, _ = self._methods[stage]
         result = method.execute(args)  # outputs are copied out of the program's arenas
         return tuple(r.numpy() for r in result)
 

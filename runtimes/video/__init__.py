@@ -7,13 +7,17 @@ demo (apps/raspi_demo) and `sam2-edge bench` read frames, prompts files and writ
   (`LatestFrameGrabber`); `read_frames` for batch tools (RGB frames, count, fps).
 * `prompts_file`: the prompts JSON schema and validator, ``--point/--box`` options, and how
   one frame's prompts are given to a tracker.
-* `overlay`: object colours and mask drawing.
+* `overlay`: object colours, mask drawing (outlines, ids) and the legend.
+* `rle`: COCO run-length encoding of masks (pycocotools' format, numpy only).
+* `summary`: what a tracking run saw: frames, FPS, objects present, objects lost.
 * `writers`: the annotated video and the per-frame mask PNGs.
 
 numpy and OpenCV only: importing this package never imports torch.
 """
 
-from .overlay import draw_masks, object_color
+from .overlay import draw_legend, draw_masks, object_color
+from .rle import decode as rle_decode
+from .rle import encode as rle_encode
 from .prompts_file import PromptError, PromptSpec, apply_prompts, load_prompts, parse_prompts, prompts_from_flags
 from .readers import LatestFrameGrabber, RGBFrames, SequentialReader, open_reader, read_frames
 from .sources import (IMAGE_EXTENSIONS, CvSource, Frame, FrameSource, ImageFolderSource, PiCamera2Source,
@@ -29,6 +33,6 @@ __all__ = [
     # prompts
     "PromptError", "PromptSpec", "parse_prompts", "load_prompts", "prompts_from_flags", "apply_prompts",
     # drawing / outputs
-    "object_color", "draw_masks", "OutputError", "VideoSink", "write_masks", "result_masks", "check_video_path",
+    "object_color", "draw_masks", "draw_legend", "rle_encode", "rle_decode", "OutputError", "VideoSink", "write_masks", "result_masks", "check_video_path",
     "is_masks_folder", "safe_fps", "VIDEO_EXTENSIONS",
 ]

@@ -46,3 +46,33 @@ def _fit_mask(mask: np.ndarray, h: int, w: int) -> np.ndarray:
     if m.shape != (h, w):
         m = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
     return m
+
+
+def draw_legend(img: np.ndarray, obj_ids, empty=(), title: str = "") -> np.ndarray:
+    """A small legend in the top-left corner (in place): one colour swatch and "obj N" per
+    object id, "obj N (no mask)" for the ids in `empty`; `title` above them if given."""
+    ids = sorted(int(i) for i in obj_ids)
+    if not ids and not title:
+        return img
+    h, w = img.shape[:2]
+    scale = 0.35 if max(h, w) < 400 else 0.5
+    (_, th), base = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    row = th + base + 4
+    lines = ([(None, title)] if title else []) + [(i, f"obj {i}" + (" (no mask)" if i in set(empty) else ""))
+                                                  for i in ids]
+    width = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for _, t in lines) + row + 8
+    height = row * len(lines) + 4
+    x0, y0 = 4, 4
+    x1, y1 = min(w - 1, x0 + width), min(h - 1, y0 + height)
+    if x1 <= x0 or y1 <= y0:
+        return img
+    patch = img[y0:y1, x0:x1].astype(np.float32)
+    img[y0:y1, x0:x1] = (patch * 0.4).astype(np.uint8)  # darkened box behind the text
+    for k, (obj_id, text) in enumerate(lines):
+        y = y0 + 2 + row * k
+        x = x0 + 4
+        if obj_id is not None:
+            cv2.rectangle(img, (x, y + 2), (x + row - 6, y + row - 4), object_color(obj_id), -1)
+            x += row
+        cv2.putText(img, text, (x, y + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return img

@@ -29,14 +29,48 @@ def result_masks(result: Any) -> Dict[int, np.ndarray]:
 
 
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
+# tried first where OpenCV's VideoWriter can open it: H.264 plays everywhere (browsers, phones);
+# the pip OpenCV wheels usually lack an H.264 encoder, and the fallback above is used
+_PREFERRED = {".mp4": "avc1", ".m4v": "avc1", ".mov": "avc1"}
 VIDEO_EXTENSIONS = tuple(sorted(_FOURCC))
+
+
+VIDEO_OUT_HINT = "the demo's --out takes a video FILE (e.g. out.mp4); sam2-edge track's --out takes a FOLDER"
 
 
 def check_video_path(path: str, flag: Optional[str] = None) -> str:
     """Check an output video path before any work (extension, folder, not a link / folder /
-    /proc); OutputError naming the problem otherwise."""
-    check_file(path, flag or "output video", suffixes=VIDEO_EXTENSIONS, what="video file")
+    /proc); OutputError naming the problem otherwise (for --out, saying it takes a video file)."""
+    try:
+        check_file(path, flag or "output video", suffixes=VIDEO_EXTENSIONS, what="video file")
+    except OutputError as e:
+        if flag == "--out":
+            raise OutputError(f"{e} ({VIDEO_OUT_HINT})") from None
+        raise
     return path
+
+
+def _open_writer(path: str, fourccs: Tuple[str, ...], fps: float, size: Tuple[int, int]) -> Tuple[Any, str]:
+    """The first codec of `fourccs` OpenCV can open at `size`; its failed attempts (FFmpeg's
+    messages on stderr) are kept quiet. -> (writer or None, codec)."""
+    from sam2_edge.quiet import quiet
+
+    for k, cc in enumerate(fourccs):
+        last = k == len(fourccs) - 1
+        with (quiet(fd=True) if not last else _nothing()):
+            w = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*cc), fps, size)
+        if w.isOpened():
+            return w, cc
+        w.release()
+    return None, fourccs[-1]
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
 
 
 def is_masks_folder(path: str) -> bool:
@@ -55,7 +89,9 @@ def safe_fps(fps: Any, default: float = 30.0) -> float:
 
 
 class VideoSink:
-    """cv2.VideoWriter opened on the first frame; `close()` finalises the file (idempotent)."""
+    """cv2.VideoWriter opened on the first frame; `close()` finalises the file (idempotent).
+    .mp4 / .m4v / .mov: H.264 (`avc1`) when OpenCV can encode it, else MPEG-4 Part 2 (`mp4v`);
+    `codec` says which (logged when the writer opens)."""
 
     def __init__(self, path: str, fps: float = 30.0) -> None:
         self.path = path
@@ -68,6 +104,8 @@ class VideoSink:
             raise OutputError(f"output video {path!r}: unsupported extension {ext or '(none)'!r}; "
                               f"use one of {sorted(_FOURCC)}")
         self._fourcc = _FOURCC[ext]
+        self._fourccs = tuple(dict.fromkeys((_PREFERRED.get(ext, self._fourcc), self._fourcc)))
+        self.codec: Optional[str] = None
         check_video_path(path)            # not a folder, a link, /proc ...; its folder writable
         parent = os.path.dirname(os.path.abspath(path))
         try:
@@ -78,10 +116,16 @@ class VideoSink:
     def write(self, img: np.ndarray) -> None:
         h, w = img.shape[:2]
         if self._writer is None:
-            self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*self._fourcc), self.fps, (w, h))
-            if not self._writer.isOpened():
-                self._writer = None
-                raise OutputError(f"cannot write video {self.path!r} with codec {self._fourcc!r} at {w}x{h}")
+            self._writer, cc = _open_writer(self.path, self._fourccs, self.fps, (w, h))
+            if self._writer is None:
+                raise OutputError(f"cannot write video {self.path!r} with codec {' or '.join(self._fourccs)} "
+                                  f"at {w}x{h}")
+            self.codec = cc
+            if cc != self._fourccs[0]:
+                log.info("%s: H.264 (avc1) is not available in this OpenCV build; writing %s (MPEG-4 Part 2, "
+                         "plays in VLC / ffmpeg, not in every browser)", os.path.basename(self.path), cc)
+            else:
+                log.info("%s: writing %s%s", os.path.basename(self.path), cc, " (H.264)" if cc == "avc1" else "")
             self._size = (w, h)
         elif (w, h) != self._size:
             img = cv2.resize(img, self._size, interpolation=cv2.INTER_AREA)
@@ -92,7 +136,9 @@ class VideoSink:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-            log.info("wrote %s (%d frames)", self.path, self.frames)
+            staged = ".partial" + os.sep in self.path  # inside a folder the command moves into place later
+            log.log(logging.DEBUG if staged else logging.INFO, "wrote %s (%d frames, %s)", self.path, self.frames,
+                    self.codec)
 
     def __enter__(self) -> "VideoSink":
         return self

@@ -1,6 +1,6 @@
 """`sam2-edge bench`: on-device speed of the streaming tracker.
 
-    sam2-edge bench                                   # tiny, random weights, shipped clip, every installed backend
+    sam2-edge bench                                   # tiny @512, random weights, shipped clip, every backend here
     sam2-edge bench --checkpoint sam2.1_hiera_tiny.pt --backends torch,onnx --image-size 512
     sam2-edge bench --bundle bundles/tiny-onnx --bundle bundles/tiny-et --json out.json --plot out.png
     sam2-edge bench --variant sam2.1-hiera-tiny --backends torch --threads 1,2,4
@@ -24,6 +24,15 @@ What is measured, per target (a backend running a model; several in ONE run):
 Targets are run interleaved frame by frame (round-robin, the order rotated every frame), so a
 change of machine load hits every target alike; ratios are against the first target.
 
+With no arguments (random weights) the run is sized to finish in minutes on a small CPU:
+sam2.1-hiera-tiny at 512 px and 12 frames (the config's "defaults" and a note say so;
+--image-size 1024 / --frames N ask for more). Bundles exported for --backends are cached in
+--export-dir (default $XDG_CACHE_HOME/sam2-edge/bundles, one folder per
+<variant>-<size>-<format>-<hash of the weights>) and reused when `load_manifest` validates them.
+`all` (and the no-argument default) means every backend that runs here; the others are listed as
+skipped with the reason. Progress is a bar on a terminal and log lines otherwise; Ctrl-C keeps
+the results so far (table, --json; exit code 130).
+
 No torch at import: torch-free devices benchmark bundles with ONNX Runtime / ExecuTorch.
 
 Modules: `probe` (machine, library versions, default threads), `targets` (Target, the plan,
@@ -36,12 +45,14 @@ from .protocol import (ROWS, SAMPLE_CLIP, STAGE_NAMES, STEADY_FROM_DEFAULT, load
                        stats)
 from .report import SCHEMA, check_plot_available, format_table, plot, report
 from .report import _round  # noqa: F401 - benchmarks/profile_step.py rounds its JSON with it
-from .targets import (DEFAULT_VARIANT, Plan, Target, backend_takes_threads, build_targets, export_bundle_subprocess,
-                      parse_backends)
+from .targets import (DEFAULT_VARIANT, Plan, Target, backend_takes_threads, build_targets, bundle_cache_name,
+                      check_cached_bundle, default_export_dir, export_bundle_subprocess, parse_backends,
+                      parse_backends_named)
 
 __all__ = [
     "SCHEMA", "DEFAULT_VARIANT", "SAMPLE_CLIP", "STAGE_NAMES", "ROWS", "STEADY_FROM_DEFAULT", "Target", "Plan",
-    "backend_takes_threads", "build_targets", "export_bundle_subprocess", "parse_backends", "load_frames",
+    "backend_takes_threads", "build_targets", "export_bundle_subprocess", "parse_backends", "parse_backends_named",
+    "default_export_dir", "bundle_cache_name", "check_cached_bundle", "load_frames",
     "object_prompts", "run_bench", "stats", "report", "format_table", "plot", "check_plot_available",
     "machine_info", "default_threads", "load_average", "physical_cores", "rss_bytes", "peak_rss_bytes",
 ]

@@ -99,8 +99,29 @@ def _prompt_frame(t: Target, frame: np.ndarray, prompts: List[dict]) -> Dict[str
     return acc
 
 
+def _finish_run(t: Target, k: int, first: Optional[Dict[str, float]], fr: List[Dict[str, float]],
+                complete: bool) -> None:
+    totals = [f["total"] for f in fr]
+    t.runs[k] = {
+        "objects": k,
+        "frames_measured": len(fr),
+        "complete": complete,  # False: interrupted (Ctrl-C) before the last frame
+        "prompt_frame_ms": None if first is None else first["total"],  # all k objects prompted on frame 0
+        "stages_ms": {s: stats([f[s] for f in fr]) for s in ROWS},
+        "fps": 1000.0 * len(totals) / sum(totals) if totals and sum(totals) > 0 else None,
+        "tracker_memory_bytes": int(t.tracker.memory_bytes),
+    }
+
+
+def _fmt(x: Optional[float], unit: str) -> str:
+    return "-" if x is None or not np.isfinite(x) else f"{x:.3g} {unit}"
+
+
 def run_bench(targets: List[Target], frames: List[np.ndarray], objects: List[int], n_frames: int, warmup: int,
-              prompt_repeats: int, show_progress: Optional[bool]) -> dict:
+              prompt_repeats: int, show_progress: Optional[bool], stream=None) -> dict:
+    """Measure every target (results in the Targets). Ctrl-C stops the measuring but keeps what
+    was measured: the returned dict then has "interrupted": True and the streaming run in
+    progress is kept with the frames measured so far ("complete": False)."""
     h, w = frames[0].shape[:2]
     nf = len(frames)
     frame = lambda i: frames[i % nf]  # noqa: E731 - a short clip loops
@@ -111,51 +132,66 @@ def run_bench(targets: List[Target], frames: List[np.ndarray], objects: List[int
     n = len(targets)
     total = n * (1 + warmup) + n * prompt_repeats + sum(n * (k + n_frames - 1) for k in objects)
     one = object_prompts(1, w, h)
-    with Progress(total, "bench", enabled=show_progress) as bar:
-        # 1. cold first frame + warm-up, one target after the other (RSS added by each)
-        for t in targets:
-            gc.collect()
-            r0 = rss_bytes()
-            t.tracker.reset()
-            t.cold_first_ms = _prompt_frame(t, frame(0), one)["total"]
-            bar.update(1, t.label)
-            for i in range(1, warmup + 1):
-                t.call(lambda i=i: t.tracker.track(frame(i)))
-                bar.update(1, t.label)
-            r1 = rss_bytes()
-            t.rss_added = None if (r0 is None or r1 is None) else r1 - r0 + t.extra.pop("rss_load", 0)
-        # 2. first-frame (prompt) latency, interleaved
-        for r in range(prompt_repeats):
-            for t in _rotate(targets, r):
+    phase = "loading"
+    per: Dict[str, dict] = {}
+    k_running: Optional[int] = None
+    with Progress(total, "bench", stream=stream, enabled=show_progress) as bar:
+        try:
+            # 1. cold first frame + warm-up, one target after the other (RSS added by each)
+            phase = "warm-up"
+            for t in targets:
+                gc.collect()
+                r0 = rss_bytes()
                 t.tracker.reset()
-                t.prompt_samples.append(_prompt_frame(t, frame(r), one))
+                t.cold_first_ms = _prompt_frame(t, frame(0), one)["total"]
                 bar.update(1, t.label)
-        # 3. streaming, interleaved frame by frame, for each object count
-        for k in objects:
-            prompts = object_prompts(k, w, h)
-            per: Dict[str, dict] = {}
+                for i in range(1, warmup + 1):
+                    t.call(lambda i=i: t.tracker.track(frame(i)))
+                    bar.update(1, t.label)
+                r1 = rss_bytes()
+                t.rss_added = None if (r0 is None or r1 is None) else r1 - r0 + t.extra.pop("rss_load", 0)
+                bar.message(f"bench: {t.label}: cold first frame {_fmt(t.cold_first_ms, 'ms')}")
+            # 2. first-frame (prompt) latency, interleaved
+            phase = "first-frame latency"
+            for r in range(prompt_repeats):
+                for t in _rotate(targets, r):
+                    t.tracker.reset()
+                    t.prompt_samples.append(_prompt_frame(t, frame(r), one))
+                    bar.update(1, t.label)
             for t in targets:
-                t.tracker.reset()
-                per[t.label] = {"first": None, "frames": []}
-            for t in targets:
-                per[t.label]["first"] = _prompt_frame(t, frame(0), prompts)
-                bar.update(k, f"{t.label} {k} obj")
-            gc.collect()
-            for i in range(1, n_frames):
-                for t in _rotate(targets, i):
-                    res = t.call(lambda i=i: t.tracker.track(frame(i)))
-                    if i >= steady_from:
-                        per[t.label]["frames"].append(_timings(res))
-                    bar.update(1, f"{t.label} {k} obj frame {i}")
-            for t in targets:
-                fr = per[t.label]["frames"]
-                totals = [f["total"] for f in fr]
-                t.runs[k] = {
-                    "objects": k,
-                    "frames_measured": len(fr),
-                    "prompt_frame_ms": per[t.label]["first"]["total"],  # all k objects prompted on frame 0
-                    "stages_ms": {s: stats([f[s] for f in fr]) for s in ROWS},
-                    "fps": 1000.0 * len(totals) / sum(totals) if totals and sum(totals) > 0 else None,
-                    "tracker_memory_bytes": int(t.tracker.memory_bytes),
-                }
-    return {"steady_from_frame": steady_from}
+                xs = [p["total"] for p in t.prompt_samples]
+                bar.message(f"bench: {t.label}: first frame {_fmt(float(np.median(xs)), 'ms')} median "
+                            f"of {len(xs)}")
+            # 3. streaming, interleaved frame by frame, for each object count
+            for k in objects:
+                phase = f"streaming {k} object{'s' if k > 1 else ''}"
+                k_running = k
+                prompts = object_prompts(k, w, h)
+                per = {}
+                for t in targets:
+                    t.tracker.reset()
+                    per[t.label] = {"first": None, "frames": []}
+                for t in targets:
+                    per[t.label]["first"] = _prompt_frame(t, frame(0), prompts)
+                    bar.update(k, f"{t.label} {k} obj")
+                gc.collect()
+                for i in range(1, n_frames):
+                    for t in _rotate(targets, i):
+                        res = t.call(lambda i=i: t.tracker.track(frame(i)))
+                        if i >= steady_from:
+                            per[t.label]["frames"].append(_timings(res))
+                        bar.update(1, f"{t.label} {k} obj frame {i}")
+                for t in targets:
+                    _finish_run(t, k, per[t.label]["first"], per[t.label]["frames"], True)
+                    run = t.runs[k]
+                    bar.message(f"bench: {t.label}: {k} obj {_fmt(run['fps'], 'fps')}, "
+                                f"{_fmt(run['stages_ms']['total']['median'], 'ms')} per frame median")
+                k_running = None
+        except KeyboardInterrupt:
+            if k_running is not None:  # keep the frames of the run in progress that were measured
+                for t in targets:
+                    p = per.get(t.label)
+                    if p is not None and p["frames"]:
+                        _finish_run(t, k_running, p["first"], p["frames"], False)
+            return {"steady_from_frame": steady_from, "interrupted": True, "interrupted_during": phase}
+    return {"steady_from_frame": steady_from, "interrupted": False}

@@ -16,6 +16,8 @@ from .protocol import ROWS, STAGE_NAMES, stats
 from .targets import Target
 
 SCHEMA = "sam2-edge-bench/1"
+# a report may be partial (Ctrl-C): "interrupted" is then true, a target's "runs" holds only the object
+# counts measured (a run with "complete": false stopped early), first-frame figures may be empty
 _SHORT = {"image_encoder": "image_enc", "memory_attention": "mem_attn", "mask_decoder": "mask_dec",
           "memory_encoder": "mem_enc", "pre_post": "pre/post", "total": "total"}
 
@@ -54,17 +56,21 @@ def first_ff_median(t: Target) -> Optional[float]:
     return float(np.median(xs)) if xs else None
 
 
-def report(targets: List[Target], config: dict, notes: List[str], machine: dict, elapsed: float) -> dict:
+def report(targets: List[Target], config: dict, notes: List[str], machine: dict, elapsed: float,
+           skipped: Optional[List[dict]] = None, interrupted: Optional[str] = None) -> dict:
+    """The JSON report. `skipped`: backends that did not run here ({"backend", "reason"});
+    `interrupted`: the phase Ctrl-C stopped (the report then holds what was measured before)."""
     first = targets[0]
     out_targets = []
     for t in targets:
         runs = {}
         for k, run in t.runs.items():
-            f = first.runs[k]
+            f = first.runs.get(k)
             run = dict(run)
             run["vs_first"] = {
-                "fps": _ratio(run["fps"], f["fps"]),
-                "speedup": {s: _ratio(f["stages_ms"][s]["median"], run["stages_ms"][s]["median"]) for s in ROWS},
+                "fps": _ratio(run["fps"], f["fps"]) if f else None,
+                "speedup": {s: _ratio(f["stages_ms"][s]["median"], run["stages_ms"][s]["median"]) if f else None
+                            for s in ROWS},
             }
             runs[str(k)] = run
         ff = {s: stats([p[s] for p in t.prompt_samples]) for s in ROWS}
@@ -82,6 +88,7 @@ def report(targets: List[Target], config: dict, notes: List[str], machine: dict,
             "model_bytes_kind": t.model_bytes_kind,
             "checkpoint_bytes": t.extra.get("checkpoint_bytes"),
             "bundle": t.extra.get("bundle"),
+            "bundle_cached": t.extra.get("bundle_cached"),
             "rss_added_bytes": t.rss_added,
             "first_frame_cold_ms": t.cold_first_ms,
             "first_frame_ms": ff["total"],
@@ -94,6 +101,9 @@ def report(targets: List[Target], config: dict, notes: List[str], machine: dict,
         "config": config,
         "machine": machine,
         "notes": notes,
+        "skipped": list(skipped or []),
+        "interrupted": interrupted is not None,
+        "interrupted_during": interrupted,
         "peak_rss_bytes": peak_rss_bytes(),
         "elapsed_s": elapsed,
         "targets": out_targets,
@@ -115,33 +125,47 @@ def format_table(rep: dict) -> str:
                  f"targets interleaved frame by frame; ratios vs {rep['targets'][0]['label']}")
     for note in rep["notes"]:
         lines.append(f"note     {note}")
+    if rep.get("interrupted"):
+        lines.append(f"INTERRUPTED during {rep.get('interrupted_during')}: the results so far (a run marked '*' "
+                     "stopped early; '-' was not measured)")
     w = max(12, max(len(t["label"]) for t in rep["targets"]))
     for k in c["objects"]:
+        if not any(str(k) in t["runs"] for t in rep["targets"]):
+            continue
         lines.append("")
         lines.append(f"{k} object{'s' if k > 1 else ''}: ms per frame, median/p90, stages summed over the objects; "
                      f"fps end to end; 'vs first' = fps / fps of the first target")
         lines.append(f"{'target':<{w}} {'thr':>3}" + "".join(f"  {_SHORT[s]:>13}" for s in ROWS)
                      + f"  {'fps':>7}  {'vs first':>8}")
         for t in rep["targets"]:
-            run = t["runs"][str(k)]
+            run = t["runs"].get(str(k))
+            if run is None:
+                lines.append(f"{t['label']:<{w}} not measured")
+                continue
             st = run["stages_ms"]
             cells = "".join(f"  {_fmt_ms(st[s]['median']) + '/' + _fmt_ms(st[s]['p90']):>13}" for s in ROWS)
             fps, vs = run["fps"], run["vs_first"]["fps"]
             thr = "-" if t["threads"] is None else t["threads"]
+            partial = "" if run.get("complete", True) else f"  * {run['frames_measured']} frames"
             lines.append(f"{t['label']:<{w}} {thr:>3}" + cells
-                         + f"  {'-' if fps is None else f'{fps:.3g}':>7}  {'-' if vs is None else f'x{vs:.2f}':>8}")
+                         + f"  {'-' if fps is None else f'{fps:.3g}':>7}  {'-' if vs is None else f'x{vs:.2f}':>8}"
+                         + partial)
     lines.append("")
     fps_heads = "".join(f"  {f'fps {k} obj':>10}" for k in c["objects"])
     lines.append(f"{'target':<{w}} {'first frame ms med/p90':>22}  {'cold':>7}{fps_heads}  {'model size':>11}  "
                  f"{'rss added':>10}  backend")
     for t in rep["targets"]:
         ff = t["first_frame_ms"]
-        fps_cells = "".join(f"  {t['runs'][str(k)]['fps'] or float('nan'):>10.3g}" for k in c["objects"])
+        fps_vals = [(t["runs"].get(str(k)) or {}).get("fps") for k in c["objects"]]
+        fps_cells = "".join(f"  {'-' if v is None else f'{v:.3g}':>10}" for v in fps_vals)
         kind = "params" if t["model_bytes_kind"] == "parameters" else "files"
+        cached = {True: ", cached bundle", False: ", exported now"}.get(t.get("bundle_cached"), "")
         lines.append(f"{t['label']:<{w}} {_fmt_ms(ff['median']) + ' / ' + _fmt_ms(ff['p90']):>22}  "
                      f"{_fmt_ms(t['first_frame_cold_ms']):>7}{fps_cells}  "
                      f"{_fmt_bytes(t['model_bytes']) + ' ' + kind:>11}  {_fmt_bytes(t['rss_added_bytes']):>10}  "
-                     f"{t['describe']} {t['precision']}")
+                     f"{t['describe']} {t['precision']}{cached}")
+    for sk in rep.get("skipped") or []:
+        lines.append(f"{sk['backend']:<{w}} skipped: {sk['reason']}")
     lines.append(f"peak resident memory of the process (all targets loaded together): "
                  f"{_fmt_bytes(rep['peak_rss_bytes'])}; run a single target for its own peak")
     lines.append(f"elapsed {rep['elapsed_s']:.0f} s")
@@ -154,8 +178,9 @@ def check_plot_available() -> None:
     except (ImportError, ValueError):
         found = False
     if not found:
-        raise BackendUnavailableError("--plot needs matplotlib, which is not installed: pip install matplotlib "
-                                      "(or leave --plot out; --json has every number)")
+        raise BackendUnavailableError("--plot needs matplotlib, which is not installed: pip install "
+                                      "'sam2-edge[plot]' (or pip install matplotlib; or leave --plot out: --json "
+                                      "has every number)")
 
 
 def plot(rep: dict, path: str) -> None:
@@ -174,7 +199,8 @@ def plot(rep: dict, path: str) -> None:
     y = np.arange(len(targets))
     left = np.zeros(len(targets))
     for s in STAGE_NAMES + ("pre_post",):
-        vals = np.array([t["runs"][str(k0)]["stages_ms"][s]["median"] or 0.0 for t in targets])
+        vals = np.array([((t["runs"].get(str(k0)) or {}).get("stages_ms") or {}).get(s, {}).get("median") or 0.0
+                         for t in targets])
         ax1.barh(y, vals, left=left, label=s.replace("pre_post", "pre/post"))
         left += vals
     ax1.set_yticks(y, labels)
@@ -183,7 +209,7 @@ def plot(rep: dict, path: str) -> None:
     ax1.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=5, frameon=False)
     width = 0.8 / len(c["objects"])
     for j, k in enumerate(c["objects"]):
-        vals = [t["runs"][str(k)]["fps"] or 0.0 for t in targets]
+        vals = [(t["runs"].get(str(k)) or {}).get("fps") or 0.0 for t in targets]
         ax2.barh(y + (j - (len(c["objects"]) - 1) / 2) * width, vals, height=width, label=f"{k} obj")
     ax2.set_xlabel("frames per second, end to end")
     ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(c["objects"]), frameon=False)

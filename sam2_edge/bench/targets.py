@@ -8,24 +8,30 @@ imported from torch / onnxruntime / executorch until a target of that backend is
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import gc
+import hashlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ..contract import BACKENDS, backend_unavailable, resolve_backend
 from ..errors import BackendUnavailableError, ConfigError, InputError, Sam2EdgeError
+from ..quiet import is_verbose, quiet
 from ..sysinfo import rss_bytes
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VARIANT = "sam2.1-hiera-tiny"
+RANDOM_SEED = 0  # the random weights of a run without --checkpoint: torch.manual_seed(RANDOM_SEED)
 ThreadHooks = Tuple[Callable[[], None], Callable[[], Optional[int]]]
 
 
@@ -59,9 +65,17 @@ class Target:
 
 def parse_backends(text: Optional[str]) -> List[str]:
     """Canonical backend names of a comma list (aliases accepted, 'all': every backend)."""
+    return parse_backends_named(text)[0]
+
+
+def parse_backends_named(text: Optional[str]) -> Tuple[List[str], Set[str]]:
+    """(canonical backend names of a comma list, the ones named explicitly). 'all' adds every
+    backend without naming it: those that cannot run here are skipped, a named one that cannot
+    is an error."""
     if text is None:
-        return []
+        return [], set()
     out: List[str] = []
+    named: Set[str] = set()
     for raw in str(text).split(","):
         b = raw.strip().lower()
         if not b:
@@ -73,9 +87,54 @@ def parse_backends(text: Optional[str]) -> List[str]:
             b = resolve_backend(b)
         except ConfigError:
             raise InputError(f"unknown backend {raw.strip()!r}; choose from {', '.join(BACKENDS)}, all") from None
+        named.add(b)
         if b not in out:
             out.append(b)
-    return out
+    return out, named
+
+
+def default_export_dir() -> Path:
+    """Where `sam2-edge bench` caches the bundles it exports: $XDG_CACHE_HOME/sam2-edge/bundles
+    (~/.cache/sam2-edge/bundles; %LOCALAPPDATA%\\sam2-edge\\bundles on Windows)."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base and sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA")
+    if not base:
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sam2-edge" / "bundles"
+
+
+def bundle_cache_name(variant: str, image_size: Optional[int], fmt: str, weights_key: str) -> str:
+    """`<variant>-<size>-<format>-<12 hex>`: the hash covers the weights (a checkpoint's sha256, or
+    the random-weights seed), the format and the sam2-edge version, so a cached bundle is reused
+    only for the same model, size and format."""
+    from .. import __version__
+
+    h = hashlib.sha256(f"{weights_key}|{variant}|{image_size}|{fmt}|sam2-edge {__version__}".encode()).hexdigest()
+    return f"{variant}-{image_size or 'default'}-{fmt}-{h[:12]}"
+
+
+def check_cached_bundle(path: Path, fmt: str, variant: Optional[str], image_size: Optional[int],
+                        checkpoint_sha256: Optional[str]) -> Optional[str]:
+    """None when `path` holds a complete, valid bundle of this model (every file hashed against
+    the manifest by `sam2_edge.contract.load_manifest`); else why it cannot be reused."""
+    from ..contract import load_manifest
+
+    if not path.exists():
+        return "not exported yet"
+    try:
+        m = load_manifest(path)
+    except Sam2EdgeError as e:
+        return f"the cached bundle is not valid ({e})"
+    if m.format != fmt:
+        return f"the cached bundle is {m.format}, not {fmt}"
+    if variant and m.variant != variant:
+        return f"the cached bundle is {m.variant}, not {variant}"
+    if image_size and m.spec.image_size != image_size:
+        return f"the cached bundle runs at {m.spec.image_size}, not {image_size}"
+    if checkpoint_sha256 and m.checkpoint_sha256 != checkpoint_sha256:
+        return "the cached bundle was exported from another checkpoint"
+    return None
 
 
 def backend_takes_threads(name: str) -> bool:
@@ -122,33 +181,70 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+# the child's lines shown to the user: sam2-edge's own log lines and its error line (library noise,
+# C++ logging and the export's summary are dropped; `-v` shows everything)
+_SHOWN = re.compile(r"^(?:(?:INFO|WARNING|ERROR|CRITICAL) sam2_edge|sam2-edge export: )")
+
+
 def export_bundle_subprocess(checkpoint: str, variant: Optional[str], fmt: str, image_size: Optional[int], out: Path,
                              progress: bool) -> Path:
     """Export a bundle in a child process (keeps the exporter's memory out of this process's
-    peak RSS); its output goes to stderr."""
-    cmd = [sys.executable, "-c", "import sys; from sam2_edge.cli import main; sys.exit(main(sys.argv[1:]))",
-           "export", "--checkpoint", checkpoint, "--format", fmt, "--out", str(out)]
+    peak RSS). Of its output only sam2-edge's own log lines are passed on (all with -v); the
+    last lines are kept for the error message if it fails."""
+    verbose = is_verbose()
+    cmd = [sys.executable, "-c", "import sys; from sam2_edge.cli import main; sys.exit(main(sys.argv[1:]))"]
+    if verbose:
+        cmd.append("-v")
+    cmd += ["export", "--checkpoint", checkpoint, "--format", fmt, "--out", str(out)]
     if variant:
         cmd += ["--variant", variant]
     if image_size:
         cmd += ["--image-size", str(image_size)]
     if not progress:
         cmd.append("--no-progress")
-    log.info("bench: exporting a %s bundle of %s at S=%s (minutes for a full-size model) ...", fmt,
-             variant or checkpoint, image_size or "default")
+    log.info("bench: exporting a %s bundle of %s at S=%s to %s (about a minute at 512 on a small CPU, several "
+             "at 1024) ...", fmt, variant or checkpoint, image_size or "default", out)
     t0 = time.perf_counter()
+    tail: collections.deque = collections.deque(maxlen=40)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                            bufsize=1)
     try:
-        err_fd = sys.stderr.fileno()
-        r = subprocess.run(cmd, stdout=err_fd, stderr=err_fd)
-        tail = ""
-    except (AttributeError, OSError, ValueError):  # stderr replaced (tests, notebooks): capture instead
-        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        tail = (r.stdout or "")[-3000:]
-    if r.returncode != 0:
-        raise Sam2EdgeError(f"exporting the {fmt} bundle failed (exit code {r.returncode}; the same as "
-                            f"`sam2-edge {' '.join(cmd[3:])}`){': ' + tail if tail else ''}")
-    log.info("bench: %s bundle exported in %.0f s", fmt, time.perf_counter() - t0)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            if verbose or _SHOWN.match(line):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        rc = proc.wait()
+    except BaseException:  # Ctrl-C (the child may not have got it: a signal to this process only)
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
+    if rc != 0:
+        shown = [ln for ln in tail if ln.strip()][-12:]
+        raise Sam2EdgeError(f"exporting the {fmt} bundle failed (exit code {rc}; the same as "
+                            f"`sam2-edge {' '.join(cmd[3:])}`){': ' + ' | '.join(shown) if shown else ''}")
+    log.info("bench: %s bundle exported in %.0f s (cached for the next run)", fmt, time.perf_counter() - t0)
     return out
+
+
+@contextlib.contextmanager
+def _muted(logger: str, on: bool):
+    lg = logging.getLogger(logger)
+    old = lg.level
+    if on:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        lg.setLevel(old)
 
 
 class Plan:
@@ -164,6 +260,9 @@ class Plan:
         self.random_weights = a.checkpoint is None
         self.variant: Optional[str] = a.variant
         self._noted_own_scheduling = False
+        self.skipped: List[Dict[str, str]] = []  # backends that did not run here, and why
+        self.exports: Dict[str, dict] = {}  # format -> {"bundle", "cached", "seconds"}
+        self._checkpoint_sha: Optional[str] = None
 
     def workdir(self) -> Path:
         if self.tmp is None:
@@ -186,7 +285,7 @@ class Plan:
             else:
                 import torch
 
-                torch.manual_seed(0)
+                torch.manual_seed(RANDOM_SEED)
                 self._model = build_sam2(self.variant or DEFAULT_VARIANT, image_size=self.a.image_size)
                 self.variant = self._model.cfg.name
         return self._model
@@ -234,17 +333,49 @@ class Plan:
                                                           if not self.random_weights else None)}))
         return out
 
+    def export_dir(self) -> Path:
+        return Path(self.a.export_dir) if self.a.export_dir else default_export_dir()
+
     def export_bundle(self, backend: str) -> Path:
+        """The `backend`'s bundle of this model: reused from the export folder (the user cache by
+        default) when a valid one is there, else exported into it (and kept for the next run)."""
+        from ..contract import sha256_file
+
         fmt = BACKENDS[backend].format
-        ckpt = self.checkpoint()
-        base = Path(self.a.export_dir) if self.a.export_dir else self.workdir()
+        if self.variant is None and not self.random_weights:  # name the cache entry by the variant
+            from ..checkpoint import match_variant, read_state_dict
+
+            self.variant = match_variant(read_state_dict(str(self._checkpoint)))
         size = self.a.image_size
         if size is None and self.variant:
             from ..configs import get_config
 
             size = get_config(self.variant).image_size
-        name = f"{(self.variant or Path(ckpt).stem).replace('.', '_')}-{size or 'default'}-{fmt}"
-        return export_bundle_subprocess(ckpt, self.variant, fmt, size, base / name, not self.a.no_progress)
+        if self.random_weights:
+            key, ckpt_sha = f"random weights, torch.manual_seed({RANDOM_SEED})", None
+            label = self.variant or DEFAULT_VARIANT
+        else:
+            if self._checkpoint_sha is None:
+                self._checkpoint_sha = sha256_file(str(self._checkpoint))
+            key = ckpt_sha = self._checkpoint_sha
+            label = self.variant or Path(str(self._checkpoint)).stem
+        path = self.export_dir() / bundle_cache_name(label, size, fmt, key)
+        why = check_cached_bundle(path, fmt, self.variant, size, ckpt_sha)
+        if why is None:
+            log.info("bench: using the cached %s bundle %s (delete it to export again)", fmt, path)
+            self.exports[fmt] = {"bundle": str(path), "cached": True, "export_seconds": None}
+            return path
+        if path.exists():
+            log.info("bench: %s: %s; exporting it again", path, why)
+        from ..outputs import check_writable_dir
+
+        check_writable_dir(self.export_dir(), "--export-dir")
+        t0 = time.perf_counter()
+        ckpt = self.checkpoint()
+        export_bundle_subprocess(ckpt, self.variant, fmt, size, path, not self.a.no_progress)
+        self.exports[fmt] = {"bundle": str(path), "cached": False,
+                             "export_seconds": round(time.perf_counter() - t0, 1)}
+        return path
 
     def bundle_targets(self, bundle: Path, backend: Optional[str], source: Optional[str] = None) -> List[Target]:
         from ..contract import load_manifest
@@ -278,7 +409,10 @@ class Plan:
             # a bundle this run exported itself is trusted; one the user names gets the default policy
             # (an isolated smoke run unless it is signed)
             own = {"isolate": False} if source is not None else {}
-            tracker = Tracker.from_bundle(str(bundle), name, **options, **own)
+            # runtimes print their own C++ logging when they load a graph; a bundle this run exported
+            # itself needs no "not signed" warning
+            with quiet(fd=True), _muted("sam2_edge.runtimes.bundle_backends", source is not None):
+                tracker = Tracker.from_bundle(str(bundle), name, **options, **own)
             if name == "onnxruntime":
                 used = (lambda n=n: n)
             be = tracker.backend
@@ -287,7 +421,9 @@ class Plan:
                               image_size=manifest.spec.image_size, precision=precision,
                               variant=manifest.variant, activate=activate, threads_used=used,
                               extra={"describe": be.describe(), "bundle": str(bundle), "format": manifest.format,
-                                     "exported": source is not None}))
+                                     "exported": source is not None,
+                                     "bundle_cached": self.exports.get(manifest.format, {}).get("cached")
+                                     if source is not None else None}))
         return out
 
 
@@ -307,9 +443,12 @@ def _unique_labels(targets: List[Target], several_threads: bool) -> None:
 
 
 def build_targets(a: argparse.Namespace, plan: Plan, notes: List[str]) -> List[Target]:
-    explicit = a.backends is not None
-    if explicit:
-        backends = parse_backends(a.backends)
+    """The targets of the command line. A backend named in --backends that cannot run here is an
+    error; one that `all` (or the no-argument default) adds is skipped: `plan.skipped` and a note
+    say which and why."""
+    named: Set[str] = set()
+    if a.backends is not None:
+        backends, named = parse_backends_named(a.backends)
     elif a.bundle:
         backends = ["torch"] if (a.checkpoint or a.variant) else []
     elif a.checkpoint or a.variant:
@@ -322,18 +461,23 @@ def build_targets(a: argparse.Namespace, plan: Plan, notes: List[str]) -> List[T
         """Build targets, charging the resident memory their loading added to the first one."""
         gc.collect()
         r0 = rss_bytes()
-        new = make()
+        with quiet(fd=True):  # runtimes print native logging (cpuinfo, thread pools) when they load
+            new = make()
         r1 = rss_bytes()
         for i, t in enumerate(new):
             t.extra["rss_load"] = (r1 - r0) if (i == 0 and r0 is not None and r1 is not None) else 0
         targets.extend(new)
 
+    def skip(b: str, why: str) -> None:
+        plan.skipped.append({"backend": b, "reason": why})
+        notes.append(f"{b}: skipped ({why})")
+
     for b in backends:
         why = backend_unavailable(b, export=b != "torch")
         if why is not None:
-            if explicit:
+            if b in named:
                 raise BackendUnavailableError(f"backend {b}: {why}")
-            notes.append(f"{b}: skipped ({why})")
+            skip(b, why)
             continue
         if b == "torch":
             add(plan.torch_targets)
@@ -343,9 +487,9 @@ def build_targets(a: argparse.Namespace, plan: Plan, notes: List[str]) -> List[T
             add(lambda: plan.bundle_targets(bundle, b,  # noqa: B023 - add() calls it at once
                                             source=f"exported from {plan.source()}"))
         except Sam2EdgeError as e:
-            if explicit:
+            if b in named:
                 raise
-            notes.append(f"{b}: skipped ({e})")
+            skip(b, str(e))
     for d in a.bundle or []:
         add(lambda d=d: plan.bundle_targets(Path(d), a.bundle_backend))
     if not targets:

@@ -126,7 +126,17 @@ def _load(root: Path, manifest_bytes: bytes, verify_hashes: bool) -> Manifest:
                 if actual != df.sha256:
                     raise BundleError(f"data file {df.file!r} of {stage} was altered or corrupted (sha256 {actual}, "
                                       f"manifest {df.sha256}); copy the bundle again or re-export it")
-    return replace(m, graphs=graphs)
+    attachments = []
+    for i, a in enumerate(m.attachments):
+        apath = resolve_inside(root, a.file, f"attachments[{i}]")
+        if not apath.is_file():
+            raise BundleError(f"attachments[{i}]: {a.file!r} is missing from {root}; copy the whole folder again or "
+                              "re-export the bundle")
+        if verify_hashes and hash_graph(apath) != a.sha256:
+            raise BundleError(f"{a.file!r} was altered or corrupted (sha256 {hash_graph(apath)}, manifest "
+                              f"{a.sha256}); copy the bundle again or re-export it")
+        attachments.append(replace(a, path=apath))
+    return replace(m, graphs=graphs, attachments=tuple(attachments))
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,9 @@ def read_bundle(bundle_dir) -> VerifiedBundle:
                                   f"{sha256_bytes(blob)}, manifest {df.sha256}); copy the bundle again or re-export it")
             extra[df.file] = blob
         blobs[stage] = GraphBlob(stage, g.file, data, files, extra)
+    for a in m.attachments:  # not run, but covered by the bundle's integrity (and signature)
+        if sha256_bytes(read_regular(a.path, MAX_GRAPH_BYTES, "attachment")) != a.sha256:
+            raise BundleError(f"{a.file!r} was altered or corrupted; copy the bundle again or re-export it")
     sig_path = root / SIGNATURE_NAME
     signature = None
     if os.path.lexists(sig_path):

@@ -36,14 +36,23 @@ class Precision(str, Enum):
         return format(self.value, spec)
 
     @classmethod
-    def parse(cls, value, fmt: Optional[str] = None) -> "Precision":
-        """`value` as a Precision, checked against what format `fmt` can express."""
+    def parse(cls, value, fmt: Optional[str] = None, quantized: bool = False) -> "Precision":
+        """`value` as a Precision, checked against what format `fmt` can express. The exporters
+        (quantized=False) make float bundles only: int8 / int8-dynamic are refused there, they are
+        made by sam2_edge.quantization (which passes quantized=True)."""
         allowed = FORMATS[fmt].precisions if fmt in FORMATS else tuple(cls)
+        if not quantized:
+            allowed = tuple(x for x in allowed if not x.quantized)
         try:
             p = cls(value.value if isinstance(value, cls) else value)
         except ValueError:
             raise ConfigError(f"unknown precision {value!r}; choose one of: "
                               f"{', '.join(x.value for x in allowed)}") from None
+        if p.quantized and not quantized:
+            raise ConfigError(f"unknown precision {p.value!r} for an export (choose one of: "
+                              f"{', '.join(x.value for x in allowed)}); {p.value} bundles are made by quantization: "
+                              f"`sam2-edge quantize --precision {p.value}` or `sam2-edge export --precision {p.value}` "
+                              "(sam2_edge.quantization.pipeline.quantize)")
         if p not in allowed:
             raise ConfigError(f"a {fmt} bundle cannot be {p.value}; choose one of: "
                               f"{', '.join(x.value for x in allowed)}")

@@ -98,6 +98,9 @@ class Manifest:
     libraries: Mapping[str, str]
     created: str
     checkpoint_file: str = ""
+    # files that are part of the bundle but no graph loads (a quantization report, its plot):
+    # listed and hashed like graphs, so the bundle's integrity (and a signature) covers them
+    attachments: Tuple[DataFile, ...] = ()
 
     @property
     def stage_files(self) -> Dict[str, Path]:
@@ -119,6 +122,8 @@ class Manifest:
             "exporter": dict(self.exporter),
             "libraries": dict(self.libraries),
             "created": self.created,
+            **({"attachments": [{"file": a.file, "sha256": a.sha256} for a in self.attachments]}
+               if self.attachments else {}),
         }
 
     def to_json(self) -> str:
@@ -383,7 +388,26 @@ def _manifest_from_dict(d: Mapping[str, Any], root: Optional[Path]) -> Manifest:
     return Manifest(root=root, schema_version=version, format=fmt, precision=Precision(precision_s), variant=variant,
                     model_config=model_config, spec=spec, graphs=graphs, preprocessing=preprocessing,
                     checkpoint_sha256=ckpt_sha, exporter=exporter, libraries=libraries, created=created,
-                    checkpoint_file=ckpt_file if isinstance(ckpt_file, str) else "")
+                    checkpoint_file=ckpt_file if isinstance(ckpt_file, str) else "",
+                    attachments=_attachments(d.get("attachments", [])))
+
+
+def _attachments(v) -> Tuple[DataFile, ...]:
+    if not isinstance(v, list):
+        raise BundleError(f"manifest entry 'attachments' must be a list, got {type(v).__name__}; re-export the bundle")
+    out = []
+    for i, a in enumerate(v):
+        w = f"attachments[{i}]"
+        if not isinstance(a, dict):
+            raise BundleError(f"manifest entry {w!r} must be an object {{file, sha256}}; re-export the bundle")
+        rel = _get(a, "file", str, w)
+        check_relative(rel, w)
+        if rel == MANIFEST_NAME:
+            raise BundleError(f"manifest entry {w!r} names the manifest itself; re-export the bundle")
+        out.append(DataFile(rel, _sha(_get(a, "sha256", str, w), f"{w}.sha256")))
+    if len({a.file for a in out}) != len(out):
+        raise BundleError(f"manifest lists an attachment twice. {_REEXPORT}")
+    return tuple(out)
 
 
 def _io_diff(got: Tuple[TensorSpec, ...], exp: Tuple[TensorSpec, ...]) -> str:

@@ -110,7 +110,7 @@ class TrackerSpec:
         return {k: v for k, v in asdict(self).items() if not (k in SPEC_DEFAULTS and v == SPEC_DEFAULTS[k])}
 
     def io(self) -> Dict[str, Tuple[Tuple[TensorSpec, ...], Tuple[TensorSpec, ...]]]:
-        S, C, m, f, lo = self.image_size, self.d_model, self.mem_dim, self.feat_size, self.lowres
+        S, C, f, lo = self.image_size, self.d_model, self.feat_size, self.lowres
         M, P, N = self.mem_slots, self.ptr_slots, self.prompt_points
         frame = self.mem_frame_shape
         t = TensorSpec
