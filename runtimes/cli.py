@@ -232,7 +232,10 @@ def _track(p: argparse.ArgumentParser):
                              interrupted=interrupted, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              summary={"frames_read": n_frames, "frames_tracked": tracked,
                                       "tracking_fps": round(tracked / track_s, 3) if track_s > 0 else None,
-                                      "overlay_codec": codec, "mask_pngs": n_pngs, "objects": summary.as_dict()})
+                                      "overlay_codec": codec, "mask_pngs": n_pngs,
+                                      # counts only: the marker stays small (masks.json has the empty runs)
+                                      "objects": {k: {**v, "empty_runs": len(v["empty_runs"])}
+                                                  for k, v in summary.as_dict().items()}})
                 stage.commit()
         finally:
             frames.close()                        # releases the source (camera) whatever happened

@@ -64,7 +64,9 @@ class Progress:
         self._note = note
         now = time.perf_counter()
         if self.log_lines:
-            if now - self._last_log >= self.interval:
+            if self.total and self.n >= self.total:  # the end: close() says "finished" if it took a while
+                self._logged = self._logged or now - self.t0 >= self.interval
+            elif now - self._last_log >= self.interval:
                 self._last_log = now
                 self._logged = True
                 log.info("%s", self._summary(now))

@@ -351,3 +351,16 @@ def test_quiet_fd_captures_native_stderr(capfd):
     except RuntimeError:
         pass
     assert "the native context of a failure" in capfd.readouterr().err  # kept when the block fails
+
+
+def test_export_child_output_is_filtered():
+    """Of the export child's output only sam2-edge's own log lines and its error line pass."""
+    from sam2_edge.bench.targets import _SHOWN
+
+    assert _SHOWN.match("INFO sam2_edge.progress: export micro -> onnx fp32: 2/4 (50%)")
+    assert _SHOWN.match("sam2-edge export: error: cannot write ...")
+    for noise in ("[cpuinfo_utils.cpp:71] Reading file /sys/devices/soc0/image_version",
+                  "W1130 00:39:21.742000 3409 site-packages/torch/utils/_pytree.py:630] <enum ...",
+                  "/usr/lib/python3.11/copyreg.py:105: FutureWarning: `isinstance(treespec, LeafSpec)`",
+                  "INFO onnxscript.rewriter: applied 12 rewrites", "bundle   /x/y  (onnx, fp32, micro, S=256)"):
+        assert not _SHOWN.match(noise), noise

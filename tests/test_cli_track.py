@@ -29,6 +29,8 @@ def test_track_frames_folder(tmp_path, tmp_path_factory):
                      "00003_obj1.png", "00003_obj2.png"]
     cap = cv2.VideoCapture(str(tmp_path / "out" / "overlay.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    doc = json.loads((tmp_path / "out" / "masks.json").read_text())  # the same masks in COCO RLE
+    assert [sorted(f["masks"]) for f in doc["frames"]] == [["1"], ["1", "2"], ["1", "2"], ["1", "2"]]
 
 
 def test_track_bad_arguments(tmp_path, capsys):

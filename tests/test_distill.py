@@ -221,6 +221,7 @@ def test_distill_micro_end_to_end(tmp_path, capsys):
 
     out = tmp_path / "run"
     assert _distill(out) == 0
+    assert json.loads(capsys.readouterr().out)["heldout"]["JF"] >= JF_THRESHOLD
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     stage1 = [r["loss"] for r in records if r.get("stage") == 1]
@@ -234,6 +235,8 @@ def test_distill_micro_end_to_end(tmp_path, capsys):
     assert meta["variant"] == "micro-student" and meta["teacher_sha256"] == sha256_file(str(MICRO))
     assert json.loads(meta["training_config"])["steps"] == 6
     assert build_sam2(str(student)).cfg.name == "micro-student"
+    assert main(["info", str(student), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["variant"] == "micro-student"
     tracker = Tracker.from_checkpoint(str(student))
     res = tracker.add_prompt(np.zeros((64, 80, 3), np.uint8), 1, points=[[40, 30]], labels=[1])
     assert res.masks.shape == (1, 64, 80)

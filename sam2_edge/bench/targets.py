@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,7 @@ def _dir_bytes(path: Path) -> int:
 
 # the child's lines shown to the user: sam2-edge's own log lines and its error line (library noise,
 # C++ logging and the export's summary are dropped; `-v` shows everything)
+HEARTBEAT_S = 30.0
 _SHOWN = re.compile(r"^(?:(?:INFO|WARNING|ERROR|CRITICAL) sam2_edge|sam2-edge export: )")
 
 
@@ -208,11 +210,23 @@ def export_bundle_subprocess(checkpoint: str, variant: Optional[str], fmt: str, 
     tail: collections.deque = collections.deque(maxlen=40)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                             bufsize=1)
+    last_shown = [time.perf_counter()]
+    done = threading.Event()
+
+    def heartbeat() -> None:  # a stage can take minutes: never silent for longer than HEARTBEAT_S
+        while not done.wait(5.0):
+            if progress and time.perf_counter() - last_shown[0] >= HEARTBEAT_S:
+                last_shown[0] = time.perf_counter()
+                log.info("bench: still exporting the %s bundle (%.0f s so far)", fmt, time.perf_counter() - t0)
+
+    beat = threading.Thread(target=heartbeat, name="export-heartbeat", daemon=True)
+    beat.start()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             tail.append(line.rstrip("\n"))
             if verbose or _SHOWN.match(line):
+                last_shown[0] = time.perf_counter()
                 sys.stderr.write(line)
                 sys.stderr.flush()
         rc = proc.wait()
@@ -225,6 +239,7 @@ def export_bundle_subprocess(checkpoint: str, variant: Optional[str], fmt: str, 
             proc.wait()
         raise
     finally:
+        done.set()
         if proc.stdout is not None:
             proc.stdout.close()
     if rc != 0:

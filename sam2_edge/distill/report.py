@@ -67,7 +67,7 @@ def plot(path: Path, records: Sequence[dict]) -> bool:
         ax2.set_ylabel("J&F vs teacher")
         ax2.set_ylim(0, 1)
         ax2.legend(loc="lower right")
-    ax.legend(loc="upper right")
+    ax.legend(loc="lower left")
     fig.tight_layout()
     with atomic(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -63,9 +63,12 @@ class TrainConfig:
     progress: bool = True
     time_budget: float = 0.0  # seconds of training after which the run stops early (0: none)
 
-    @property
-    def stage1_steps(self) -> int:
-        return int(round(0.3 * self.steps)) if self.image_steps < 0 else min(self.image_steps, self.steps)
+    def stage1_steps(self, encoder_is_teachers: bool = False) -> int:
+        """--image-steps, or by default 30% of --steps (none when the student's image encoder is the
+        teacher's own, weights and resolution: there is nothing for stage 1 to learn)."""
+        if self.image_steps >= 0:
+            return min(self.image_steps, self.steps)
+        return 0 if encoder_is_teachers else int(round(0.3 * self.steps))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -147,6 +150,11 @@ class Distiller:
         torch.manual_seed(cfg.seed)
         self.student = SAM2Model(scfg)
         self.copied = init_from_teacher(self.student, teacher)
+        tsd, ssd = teacher.state_dict(), self.student.state_dict()
+        enc = [k for k in ssd if k.startswith("image_encoder.")]
+        same = (tcfg.image_size == scfg.image_size and len(enc) == sum(k.startswith("image_encoder.") for k in tsd)
+                and all(k in tsd and torch.equal(ssd[k], tsd[k]) for k in enc))
+        self.stage1 = cfg.stage1_steps(same)
         self.student.to(self.dev).train()
         self.objective = Objective(self.student, LossWeights())
         self.model: nn.Module = self.objective
@@ -195,7 +203,7 @@ class Distiller:
             return {"images": xs, "prompt": prompt, "teacher": rollout(self.teacher, x, prompt)}
 
     def step(self, step: int) -> Dict[str, float]:
-        video = step >= self.cfg.stage1_steps
+        video = step >= self.stage1
         draws = draw_clips(self.cfg.seed, step, self.cfg.batch, self.train_segments, self.span)
         clips = [self._clip(step, d, video) for d in draws[self.rank::self.world]]
         with self._autocast():
@@ -252,10 +260,11 @@ class Distiller:
         cfg = self.cfg
         if self.rank == 0:
             log.info("distilling %s (%s parameters, %d px) from %s (%s, %d px): %d of %d student tensors from the "
-                     "teacher; %d training videos (%d skipped), held out: %s; %d process(es) on %s%s",
+                     "teacher; stage 1 (image) %d of %d steps; %d training videos (%d skipped), held out: %s; "
+                     "%d process(es) on %s%s",
                      self.student.cfg.name, f"{self.sizes['parameters'][1]:,}", self.student.cfg.image_size,
                      self.teacher.cfg.name, f"{self.sizes['parameters'][0]:,}", self.teacher.cfg.image_size,
-                     *self.copied, len(self.train_segments), len(self.ds.skipped), self.held.name, self.world,
+                     *self.copied, self.stage1, cfg.steps, len(self.train_segments), len(self.ds.skipped), self.held.name, self.world,
                      self.dev, ", bf16 autocast" if self.bf16 else "")
         t0 = time.perf_counter()
         last: Dict[str, float] = {}
@@ -268,7 +277,7 @@ class Distiller:
             last = self.step(step)
             rate = cfg.batch / max(time.perf_counter() - ts, 1e-9)
             if self.rank == 0:
-                store.append_jsonl(self.metrics, {"step": step + 1, "stage": 1 if step < cfg.stage1_steps else 2,
+                store.append_jsonl(self.metrics, {"step": step + 1, "stage": 1 if step < self.stage1 else 2,
                                                   **last, "clips_per_s": rate, "lr": self.sched.get_last_lr()[0],
                                                   "elapsed_s": time.perf_counter() - t0})
                 bar.update(1, f"loss {last['loss']:.4f} {rate:.2f} clips/s")
