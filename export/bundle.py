@@ -14,7 +14,6 @@ import importlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -114,7 +113,9 @@ def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: 
     suffix = FORMATS[format].suffix
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    from ..outputs import staging_dir
+
+    tmp = staging_dir(out)
     try:
         graphs = {}
         from ..quiet import quiet  # the exporters' third-party logging / warnings, restored after (-v: all)

@@ -168,6 +168,17 @@ def check_writable_dir(path: PathLike, flag: Optional[str] = None) -> Path:
     return p
 
 
+def staging_dir(out: Path) -> Path:
+    """A fresh temporary sibling of `out` to write into, with the permissions a folder made by
+    mkdir would have (mkdtemp makes it 0700, which would leave the finished output unreadable
+    to other users and services)."""
+    path = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o777 & ~mask)
+    return path
+
+
 def replace_dir(tmp: PathLike, out: PathLike, flag: Optional[str], owned: Owned, kind: str) -> Path:
     """Move the complete folder `tmp` (a sibling of `out`) to `out`. A folder at `out` is checked
     again (it may have changed during the work) and replaced only when empty or `owned`; it is
@@ -212,7 +223,7 @@ class StagedDir:
         except FileExistsError:
             raise OutputError(f"{_name(self.flag, self.out)}: a file is in the way of folder "
                               f"{str(self.out.parent)!r}") from None
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=self.out.parent))
+        self.path = staging_dir(self.out)
         return self
 
     def commit(self) -> Path:

@@ -430,3 +430,18 @@ def test_typed_error_is_one_line(monkeypatch, capsys):
     monkeypatch.setitem(cli._COMMANDS, "boom", make)
     assert cli.main(["boom"]) == 2
     assert capsys.readouterr().err == "sam2-edge boom: error: could not open x. Tried: a: no b: no\n"
+
+
+def test_output_folders_get_normal_permissions(tmp_path):
+    """A finished output folder is readable like any folder mkdir makes (mkdtemp's 0700 would
+    leave a bundle unreadable to the service that runs it)."""
+    import stat
+
+    from sam2_edge.outputs import staging_dir
+
+    mask = os.umask(0o022)
+    try:
+        d = staging_dir(tmp_path / "bundle")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o755

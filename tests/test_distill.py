@@ -211,10 +211,17 @@ def test_a_full_disk_leaves_no_half_written_checkpoint(tmp_path, monkeypatch):
 def _distill(out: Path, *extra: str) -> int:
     return main(["distill", "--teacher", str(MICRO), "--student", "micro-student", "--data", str(CLIP),
                  "--out", str(out), "--steps", "6", "--image-steps", "3", "--batch", "1", "--frames", "3",
-                 "--eval-frames", "6", "--eval-every", "6", *extra])
+                 "--eval-frames", "6", "--eval-every", "6", "--threads", "1", *extra])
 
 
-def test_distill_micro_end_to_end(tmp_path, capsys):
+@pytest.fixture
+def restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_distill_micro_end_to_end(tmp_path, capsys, restore_threads):
     from sam2_edge.checkpoint import safetensors_metadata
     from sam2_edge.contract import sha256_file
     from sam2_edge.runtimes import Tracker
@@ -268,3 +275,35 @@ def test_distill_command_refuses_bad_input(tmp_path, capsys):
     assert "no video" in capsys.readouterr().err
     assert main(base + ["--student", "micro-student", "--out", str(tmp_path / "c"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_stage1_is_skipped_when_the_student_has_the_teachers_encoder():
+    from sam2_edge.distill.trainer import TrainConfig
+
+    cfg = TrainConfig(teacher="t.pt", student="s", data=("d",), out="o", steps=10)
+    assert (cfg.stage1_steps(False), cfg.stage1_steps(True)) == (3, 0)
+    assert TrainConfig(teacher="t.pt", student="s", data=("d",), out="o", steps=10, image_steps=4).stage1_steps(True) == 4
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(tmp_path):
+    """DDP on CPU (gloo): 2 processes with --batch 2 give the 1-process losses up to float noise."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["distill", "--teacher", str(MICRO), "--student", "micro-student", "--data", str(CLIP), "--steps", "3",
+            "--image-steps", "1", "--batch", "2", "--frames", "2", "--eval-frames", "4"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path / f"p{n}"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "-m", "sam2_edge.cli",
+               *args, "--out", str(out)]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs[n] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(runs[1], runs[2]):
+        if "loss" in a:
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    assert json.loads((tmp_path / "p2" / "summary.json").read_text())["processes"] == 2

@@ -37,12 +37,19 @@ def _distill(p: argparse.ArgumentParser):
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 autocast where the GPU has it, else fp32")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (same arguments)")
+    p.add_argument("--threads", type=int_arg(0, 1024), default=0,
+                   help="torch CPU threads per process (0: torch's default; 1 avoids OpenMP spin-wait collapse on a "
+                        "busy machine)")
     p.add_argument("--time-budget", type=float_arg(minimum=0), default=0.0, metavar="SECONDS",
                    help="stop training after this many seconds (checkpoint and evaluation follow); 0: none")
 
     def run(a: argparse.Namespace) -> int:
         from .trainer import TrainConfig, distill
 
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
         cfg = TrainConfig(teacher=a.teacher, student=a.student, data=tuple(a.data), out=a.out, steps=a.steps,
                           image_steps=-1 if a.image_steps is None else a.image_steps, batch=a.batch, frames=a.frames,
                           stride=a.stride, lr=a.lr, seed=a.seed, augment=not a.no_augment,

@@ -146,7 +146,6 @@ class Distiller:
             self.out.mkdir(parents=True, exist_ok=True)
             store.check_free_space(self.out, parameter_count(scfg))
             write_marker(self.out, "distill", student=scfg.name, teacher=tcfg.name)
-        self.teacher = teacher.to(self.dev).eval().requires_grad_(False)
         torch.manual_seed(cfg.seed)
         self.student = SAM2Model(scfg)
         self.copied = init_from_teacher(self.student, teacher)
@@ -155,6 +154,7 @@ class Distiller:
         same = (tcfg.image_size == scfg.image_size and len(enc) == sum(k.startswith("image_encoder.") for k in tsd)
                 and all(k in tsd and torch.equal(ssd[k], tsd[k]) for k in enc))
         self.stage1 = cfg.stage1_steps(same)
+        self.teacher = teacher.to(self.dev).eval().requires_grad_(False)
         self.student.to(self.dev).train()
         self.objective = Objective(self.student, LossWeights())
         self.model: nn.Module = self.objective
@@ -266,12 +266,12 @@ class Distiller:
                      self.teacher.cfg.name, f"{self.sizes['parameters'][0]:,}", self.teacher.cfg.image_size,
                      *self.copied, self.stage1, cfg.steps, len(self.train_segments), len(self.ds.skipped), self.held.name, self.world,
                      self.dev, ", bf16 autocast" if self.bf16 else "")
-        t0 = time.perf_counter()
         last: Dict[str, float] = {}
         evals = []
-        bar = Progress(cfg.steps - self.start, "distill", enabled=None if cfg.progress and self.rank == 0 else False)
         if self.start == 0 and cfg.eval_every:
             evals.append(self._evaluate(0))  # the student as initialised: the baseline
+        t0 = time.perf_counter()  # the time budget and elapsed_s count from here
+        bar = Progress(cfg.steps - self.start, "distill", enabled=None if cfg.progress and self.rank == 0 else False)
         for step in range(self.start, cfg.steps):
             ts = time.perf_counter()
             last = self.step(step)
