@@ -50,6 +50,9 @@ STAGE_TARGETS = {"cosine": 0.99, "sqnr_db": 20.0}
 # with --analyze: a node group whose quantisation alone costs more than this stays float
 GROUP_MIN_SQNR_DB = 30.0
 _OUT_KIND = "a bundle made by sam2-edge export / quantize (its manifest.json written by sam2-edge)"
+# the module (in this package) whose quantize_bundle(source, out, precision, **options) makes each
+# non-ONNX format's quantised bundle; ONNX's flow is `quantize` below
+FORMAT_FLOWS = {"executorch": ".executorch_quant", "coreml": ".coreml_quant"}
 
 
 def _own_bundle(folder: Path) -> bool:
@@ -91,9 +94,17 @@ def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[s
              image_size: Optional[int] = None, cond_slots: int = 2, max_samples: int = 48,
              show_progress: Optional[bool] = None, threads: int = 0) -> QuantizeResult:
     """Quantise `source` (a checkpoint .pt or an fp32 ONNX bundle folder) to a `precision`
-    bundle in `out`. Returns the bundle path and the fidelity report (also in the bundle)."""
+    bundle in `out`. Returns the bundle path and the fidelity report (also in the bundle).
+    Each format's own flow lives in its module (`FORMAT_FLOWS`); this function is ONNX's."""
     t_start = time.perf_counter()
     p = check_precision(precision, fmt)
+    if fmt != "onnx":
+        import importlib
+
+        flow = getattr(importlib.import_module(FORMAT_FLOWS[fmt], __package__), "quantize_bundle")
+        return flow(source, out, p, calib=calib, calib_frames=calib_frames, holdout_frames=holdout_frames,
+                    objects=objects, analyze=analyze, variant=variant, image_size=image_size, cond_slots=cond_slots,
+                    max_samples=max_samples, show_progress=show_progress, threads=threads)
     for name, v, lo in (("calib_frames", calib_frames, 2), ("holdout_frames", holdout_frames, 1), ("objects", objects, 1),
                         ("max_samples", max_samples, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:

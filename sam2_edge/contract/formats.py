@@ -23,11 +23,16 @@ class Precision(str, Enum):
     FP16 = "fp16"
     INT8 = "int8"  # static W8A8: int8 weights (per channel), calibrated int8 activations (ONNX QDQ)
     INT8_DYNAMIC = "int8-dynamic"  # int8 weights, activations quantised at run time
+    # CoreML weight palettisation (coremltools.optimize): each weight an index into a 2^n-entry lookup table
+    PALETTIZE4 = "palettize4"
+    PALETTIZE6 = "palettize6"
+    PALETTIZE8 = "palettize8"
 
     @property
     def quantized(self) -> bool:
-        """An integer precision: made by sam2_edge.quantization (sam2-edge quantize), not by the exporters."""
-        return self in (Precision.INT8, Precision.INT8_DYNAMIC)
+        """An integer / palettised precision: made by sam2_edge.quantization (sam2-edge quantize), not by
+        the exporters."""
+        return self not in (Precision.FP32, Precision.FP16)
 
     def __str__(self) -> str:
         return self.value
@@ -85,10 +90,15 @@ FORMATS: Dict[str, BundleFormat] = {
     "onnx": BundleFormat("onnx", ".onnx", "onnxruntime",
                          (Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT8_DYNAMIC), Precision.FP32,
                          ("torch", "onnx", "onnxscript", "onnxruntime"), "export-onnx"),
-    "executorch": BundleFormat("executorch", ".pte", "executorch", (Precision.FP32, Precision.FP16), Precision.FP32,
+    # int8 / int8-dynamic: PT2E with the XNNPACK quantizer, lowered to XNNPACK (sam2_edge.quantization)
+    "executorch": BundleFormat("executorch", ".pte", "executorch",
+                               (Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT8_DYNAMIC), Precision.FP32,
                                ("torch", "executorch"), "executorch"),
-    # CoreML runs fp16 on the Neural Engine / GPU: fp16 compute is its default
-    "coreml": BundleFormat("coreml", ".mlpackage", "coreml", (Precision.FP16, Precision.FP32), Precision.FP16,
+    # CoreML runs fp16 on the Neural Engine / GPU: fp16 compute is its default; int8 (linear weight
+    # quantisation) and palettize4/6/8 (weight lookup tables) come from coremltools.optimize
+    "coreml": BundleFormat("coreml", ".mlpackage", "coreml",
+                           (Precision.FP16, Precision.FP32, Precision.INT8, Precision.PALETTIZE4, Precision.PALETTIZE6,
+                            Precision.PALETTIZE8), Precision.FP16,
                            ("torch", "coremltools"), "coreml"),
 }
 
