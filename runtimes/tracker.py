@@ -107,16 +107,19 @@ class Tracker:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_checkpoint(cls, path: str, variant: Optional[str] = None, backend: str = "torch",
-                        device: str = "cpu", image_size: Optional[int] = None, cond_slots: int = 2) -> "Tracker":
+                        device: str = "cpu", image_size: Optional[int] = None, cond_slots: int = 2,
+                        dtype: str = "fp32", static_memory: bool = False) -> "Tracker":
         """A tracker running `path` (an official checkpoint) with the torch backend. Every
         argument is checked before the checkpoint is read: ConfigError for a device this
-        machine lacks, cond_slots / image_size out of the contract's range or of another type."""
+        machine lacks, cond_slots / image_size out of the contract's range or of another type,
+        dtype "bf16" where the device has no native bf16. Memory attention runs over the
+        memories that exist (static_memory=True: over every slot, masked, as the bundles do)."""
         if backend != "torch":
             raise InputError(f"from_checkpoint runs the torch backend; for {backend!r:.40} export a bundle "
                              "(sam2-edge export) and use Tracker.from_bundle")
         from .backends.torch_backend import TorchBackend
 
-        return cls(TorchBackend.from_checkpoint(path, variant, device, image_size, cond_slots))
+        return cls(TorchBackend.from_checkpoint(path, variant, device, image_size, cond_slots, dtype, static_memory))
 
     @classmethod
     def from_bundle(cls, bundle_dir: str, backend: Optional[str] = None, **options) -> "Tracker":

@@ -44,6 +44,19 @@ class MemoryAttentionStage(nn.Module):
         return self.model.condition_on_memory(vision_feats, vision_pos, memory, mem_tpos.long(),
                                               mem_valid > 0.5, obj_ptrs, ptr_dist, ptr_valid > 0.5)
 
+    def forward_present(self, vision_feats: Tensor, vision_pos: Tensor, memory: Tensor, mem_tpos: Tensor,
+                        obj_ptrs: Tensor, ptr_dist: Tensor) -> Tensor:
+        """Eager only (dynamic shapes): the same computation over only the M' <= M memory slots and
+        P' <= P pointer slots that are present (memory [1, M', ...], mem_tpos [1, M'], obj_ptrs
+        [1, P', C], ptr_dist [1, P']) -- no key bias, so attention stays on the fused kernel and
+        does no work for absent slots. Equal to `forward` on the full slots up to float
+        summation order (an absent slot's softmax weight is exactly 0 there)."""
+        b, m = memory.shape[:2]
+        ones_m = torch.ones(b, m, dtype=torch.bool, device=memory.device)
+        ones_p = torch.ones(b, obj_ptrs.shape[1], dtype=torch.bool, device=memory.device)
+        return self.model.condition_on_memory(vision_feats, vision_pos, memory, mem_tpos.long(), ones_m,
+                                              obj_ptrs, ptr_dist, ones_p, masked=False)
+
 
 class MaskDecoderStage(nn.Module):
     """SAM heads for every mode in one graph: clicks/box (padded with ABSENT labels), an

@@ -1,5 +1,16 @@
 """Torch backend: runs the eager stage modules (CPU, CUDA or MPS). The reference for every
-exported backend. Imports torch only when constructed."""
+exported backend. Imports torch only when constructed.
+
+Two things only an eager backend can do, both on by request of the speed issue:
+* memory attention over only the memory / pointer slots that are present (dynamic shapes,
+  as the official predictor attends to the memories that exist): no work for empty slots
+  and no key bias, so SDPA stays on its fused kernel. `static_memory=True` runs the
+  exported graphs' static-slot computation instead (to compare with a bundle bit for bit).
+* `dtype="bf16"`: the stages under torch.autocast(bfloat16) -- matmuls, convolutions and
+  attention in bf16, LayerNorm / softmax / reductions in fp32 (autocast's own op lists),
+  as the official SAM 2 runs on GPUs. Only where the hardware has native bf16 (CPUs with
+  AVX512-BF16 or AMX, CUDA GPUs with bf16, Apple MPS): elsewhere bf16 is emulated and slower
+  than fp32, so it is refused with the fix named."""
 
 from __future__ import annotations
 
@@ -15,6 +26,7 @@ from ...contract.spec import SPEC_LIMITS
 from .base import Backend
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
+DTYPES = ("fp32", "bf16")
 
 
 def _import_torch():
@@ -88,12 +100,44 @@ def check_image_size(image_size: Any) -> Optional[int]:
     return int(image_size)
 
 
+def native_bf16(device: str) -> Optional[str]:
+    """None when `device` (a checked device name) computes bf16 natively, else why not."""
+    torch = _import_torch()
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return None if torch.cuda.is_bf16_supported() else "this CUDA GPU has no native bf16 (compute capability < 8.0)"
+    if kind == "mps":
+        return None
+    cpu = getattr(torch, "cpu", None)
+    probes = [getattr(cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(f is not None and f() for f in probes):
+        return None
+    return "this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 would be emulated and slower than fp32"
+
+
+def check_dtype(dtype: Any, device: str) -> str:
+    """The torch backend's compute dtype: "fp32", or "bf16" where `device` has native bf16."""
+    if not isinstance(dtype, str) or dtype.strip().lower() not in DTYPES + ("bfloat16", "float32"):
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r:.40}")
+    dtype = {"bfloat16": "bf16", "float32": "fp32"}.get(dtype.strip().lower(), dtype.strip().lower())
+    if dtype == "bf16":
+        why = native_bf16(device)
+        if why:
+            raise ConfigError(f"dtype bf16 on {device}: {why}; use dtype fp32 (or a bf16 device: a CPU with "
+                              "AVX512-BF16 / AMX, an Ampere or newer GPU, Apple silicon)")
+    return dtype
+
+
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model, device: str = "cpu", cond_slots: int = 2) -> None:
+    def __init__(self, model, device: str = "cpu", cond_slots: int = 2, dtype: str = "fp32",
+                 static_memory: bool = False) -> None:
         device = check_device(device)
         cond_slots = check_cond_slots(cond_slots)
+        dtype = check_dtype(dtype, device)
+        if not isinstance(static_memory, bool):
+            raise ConfigError(f"static_memory must be True or False, got {static_memory!r:.40}")
         torch = _import_torch()
 
         from ...stages import build_stages, tracker_spec
@@ -101,12 +145,15 @@ class TorchBackend(Backend):
         super().__init__(tracker_spec(model, cond_slots))
         self.torch = torch
         self.device = torch.device(device)
+        self.dtype = dtype
+        self.static_memory = static_memory
         self.model = model.to(self.device).eval()
         self.stages = dict(zip(STAGES, build_stages(self.model)))
 
     @classmethod
     def from_checkpoint(cls, path: str, variant: Optional[str] = None, device: str = "cpu",
-                        image_size: Optional[int] = None, cond_slots: int = 2) -> "TorchBackend":
+                        image_size: Optional[int] = None, cond_slots: int = 2, dtype: str = "fp32",
+                        static_memory: bool = False) -> "TorchBackend":
         # every argument checked before the checkpoint is read
         if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
             raise ConfigError(f"the checkpoint must be a file path, got {path!r:.60}")
@@ -115,6 +162,9 @@ class TorchBackend(Backend):
         device = check_device(device)
         cond_slots = check_cond_slots(cond_slots)
         image_size = check_image_size(image_size)
+        dtype = check_dtype(dtype, device)
+        if not isinstance(static_memory, bool):
+            raise ConfigError(f"static_memory must be True or False, got {static_memory!r:.40}")
         try:
             from ...checkpoint import load_checkpoint
         except ModuleNotFoundError as e:
@@ -122,13 +172,33 @@ class TorchBackend(Backend):
                 raise BackendUnavailableError("the torch backend needs PyTorch: pip install 'sam2-edge[torch]'") from None
             raise
         model, _ = load_checkpoint(os.fspath(path), variant, image_size)
-        return cls(model, device, cond_slots)
+        return cls(model, device, cond_slots, dtype, static_memory)
+
+    def describe(self) -> str:
+        return f"torch ({self.device}, {self.dtype})"
+
+    def _present_only(self, inputs: Tuple[np.ndarray, ...]):
+        """memory_attention inputs -> (forward_present inputs) over the present slots, or None
+        when the static path must run (a batch of several rows, or no memory frame at all)."""
+        feats, pos, memory, tpos, mem_valid, ptrs, dist, ptr_valid = inputs
+        if memory.shape[0] != 1:
+            return None
+        mi = np.flatnonzero(mem_valid[0] > 0.5)  # [M'] present memory slots
+        pi = np.flatnonzero(ptr_valid[0] > 0.5)  # [P'] present pointer slots
+        if mi.size == 0:
+            return None
+        return feats, pos, memory[:, mi], tpos[:, mi], ptrs[:, pi], dist[:, pi]
 
     def run(self, stage: str, inputs: Tuple[np.ndarray, ...]) -> Tuple[np.ndarray, ...]:
         torch = self.torch
-        with torch.inference_mode():
+        fn = self.stages[stage]
+        if stage == "memory_attention" and not self.static_memory:
+            present = self._present_only(inputs)
+            if present is not None:
+                fn, inputs = self.stages[stage].forward_present, present
+        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.dtype == "bf16"):
             args = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in inputs]
-            out = self.stages[stage](*args)
+            out = fn(*args)
         if isinstance(out, torch.Tensor):
             out = (out,)
         return tuple(o.detach().float().cpu().numpy() for o in out)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import List
 
 from ..cli import subcommand
+from ..errors import ConfigError
 from ..errors import InputError, OutputError
 from ..outputs import check_file, check_writable_dir, write_text
 from ..quiet import quiet
@@ -69,6 +70,19 @@ def _check_outputs(a: argparse.Namespace) -> None:
         from ..runtimes.backends.torch_backend import check_device
 
         check_device(a.device)
+    a.dtypes = _dtypes(a.dtype, a.device)
+
+
+def _dtypes(text: str, device: str) -> list:
+    """--dtype D[,D] -> the torch rows' compute dtypes, each checked for this device now."""
+    names = [d.strip().lower() for d in str(text).split(",") if d.strip()]
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"--dtype takes a comma list of distinct dtypes (fp32, bf16), got {text!r}")
+    if names == ["fp32"]:
+        return names
+    from ..runtimes.backends.torch_backend import check_dtype
+
+    return [check_dtype(d, device) for d in names]
 
 
 def _apply_defaults(a: argparse.Namespace) -> dict:
@@ -223,6 +237,9 @@ def _bench(p: argparse.ArgumentParser):
                    help="intra-op threads (torch.set_num_threads / ORT intra_op_num_threads / XNNPACK pool); "
                         "a list runs every target at each count. Default: torch's default (physical cores)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps; default cpu)")
+    p.add_argument("--dtype", default="fp32", metavar="D[,D]",
+                   help="torch compute dtype(s): fp32 (default), bf16 (autocast; a CPU with AVX512-BF16 / AMX, "
+                        "an Ampere+ GPU or Apple MPS); a list gives one torch row per dtype, interleaved")
     p.add_argument("--ort-providers", default=None, help="ONNX Runtime providers, e.g. cuda or tensorrt,cuda")
     p.add_argument("--source", default=None, help="video file or frames folder (default: the shipped sample clip)")
     p.add_argument("--export-dir", default=None,

@@ -332,17 +332,18 @@ class Plan:
 
         model = self.model()
         out = []
-        for n in self.threads:
+        dtypes = getattr(self.a, "dtypes", None) or ["fp32"]  # one row per dtype and thread count
+        for dtype, n in [(d, n) for d in dtypes for n in self.threads]:
             activate, used = _torch_threads(n)
             activate()
-            be = TorchBackend(model, self.a.device)
-            dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-            out.append(Target(label="torch", backend="torch", source=self.source(), threads=n,
+            be = TorchBackend(model, self.a.device, dtype=dtype)
+            out.append(Target(label="torch" if dtype == "fp32" else f"torch {dtype}", backend="torch",
+                              source=self.source(), threads=n,
                               tracker=Tracker(be), model_bytes=_param_bytes(model),
                               model_bytes_kind="parameters", image_size=model.cfg.image_size,
-                              precision={"float32": "fp32", "float16": "fp16"}.get(dtype, dtype),
+                              precision=dtype,
                               variant=model.cfg.name, activate=activate, threads_used=used,
-                              extra={"describe": f"torch {torch.__version__} eager ({self.a.device})",
+                              extra={"describe": f"torch {torch.__version__} eager ({self.a.device}, {dtype})",
                                      "device": self.a.device,
                                      "checkpoint_bytes": (os.path.getsize(self._checkpoint)
                                                           if not self.random_weights else None)}))

@@ -149,7 +149,7 @@ class SAM2Model(nn.Module):
     def condition_on_memory(self, vision_feats: torch.Tensor, vision_pos: torch.Tensor,
                             memory: torch.Tensor, mem_tpos: torch.Tensor, mem_valid: torch.Tensor,
                             obj_ptrs: torch.Tensor, ptr_dist: torch.Tensor,
-                            ptr_valid: torch.Tensor) -> torch.Tensor:
+                            ptr_valid: torch.Tensor, masked: bool = True) -> torch.Tensor:
         """Memory attention over fixed slots.
 
         vision_feats [B, C, h, w], vision_pos [1, C, h, w], memory [B, M, mem_dim, h, w]
@@ -157,6 +157,10 @@ class SAM2Model(nn.Module):
         mem_tpos [B, M] int (index into maskmem_tpos_enc = num_maskmem - slot - 1),
         mem_valid [B, M] bool, obj_ptrs [B, P, C], ptr_dist [B, P] float, ptr_valid [B, P] bool
         -> memory-conditioned features [B, C, h, w].
+
+        masked=False (eager backends only, the graphs always mask): every slot given is present,
+        mem_valid / ptr_valid are not read and the attention runs without a key bias -- the
+        caller passed only the memories that exist, as the official code attends to them.
         """
         b, c, h, w = vision_feats.shape
         m_slots, m_dim = memory.shape[1], self.cfg.mem_dim
@@ -180,6 +184,6 @@ class SAM2Model(nn.Module):
         ptr_bias = torch.where(ptr_valid, zeros, masked)[:, :, None].expand(b, p, split)
         keys = torch.cat([mem, ptr_tokens], dim=1)
         keys_pos = torch.cat([mem_pos, ptr_pos], dim=1)
-        bias = torch.cat([mem_bias.reshape(b, -1), ptr_bias.reshape(b, -1)], dim=1)
+        bias = torch.cat([mem_bias.reshape(b, -1), ptr_bias.reshape(b, -1)], dim=1) if masked else None
         out = self.memory_attention(curr, curr_pos, keys, keys_pos, p * split, bias, m_slots)
         return out.transpose(1, 2).reshape(b, c, h, w)  # [B, hw, C] -> [B, C, h, w]
