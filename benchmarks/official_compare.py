@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     load.append(os.getloadavg())
 
     steady = list(range(min(8, a.frames - 1), a.frames))  # memory full from frame 7 on (6 recent + cond)
-    lines = [f"| frame | " + " | ".join(f"{m} s" for m in modes) + " | "
+    lines = ["| frame | " + " | ".join(f"{m} s" for m in modes) + " | "
              + " | ".join(f"official / {m}" for m in modes[1:]) + " |",
              "|---" * (1 + 2 * len(modes) - 1) + "|"]
     for i in range(a.frames):

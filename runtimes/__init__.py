@@ -9,6 +9,6 @@ only; importing this package never imports torch.
 """
 
 from ..contract import STAGES, TensorSpec, TrackerSpec
-from .tracker import StageTimings, Tracker, TrackResult
+from .tracker import PreparedFrame, StageTimings, Tracker, TrackResult
 
-__all__ = ["Tracker", "TrackResult", "StageTimings", "TrackerSpec", "TensorSpec", "STAGES"]
+__all__ = ["Tracker", "TrackResult", "PreparedFrame", "StageTimings", "TrackerSpec", "TensorSpec", "STAGES"]

@@ -20,13 +20,15 @@ of the user's (`sam2_edge.outputs`).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -35,8 +37,8 @@ from ..cli import int_arg, subcommand
 from ..errors import InputError, OutputError
 from ..outputs import MARKER_NAME, StagedDir, check_dir, has_marker, only_entries, write_marker
 from ..progress import Progress
-from .video import (PromptSpec, VideoSink, apply_prompts, draw_legend, draw_masks, load_prompts, prompts_from_flags,
-                    read_frames, result_masks, rle_encode, write_masks)
+from .video import (BackgroundWriter, Prefetcher, PromptSpec, VideoSink, apply_prompts, draw_legend, draw_masks,
+                    load_prompts, prompts_from_flags, read_frames, result_masks, rle_encode, write_masks)
 from .video.summary import TrackSummary
 from .video.writers import MASK_NAME, VIDEO_EXTENSIONS
 
@@ -103,6 +105,31 @@ def _write_masks_json(path: Path, source: str, size, frames: List[dict], objects
     path.write_text(json.dumps(doc, separators=(",", ":")) + "\n", encoding="utf-8")
 
 
+@dataclass
+class _Outputs:
+    """What the writer thread has written so far (only that thread changes it while tracking)."""
+
+    summary: TrackSummary
+    size: Optional[Tuple[int, int]] = None
+    n_pngs: int = 0
+    rle_frames: List[dict] = field(default_factory=list)
+
+
+def _emit(st: _Outputs, sink: VideoSink, masks_dir: str, i: int, rgb: np.ndarray,
+          masks: Optional[Dict[int, np.ndarray]]) -> None:
+    """Frame i's outputs (on the writer thread): the overlay frame, its mask PNGs and RLEs;
+    before the first prompt (masks None) the frame as it is."""
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    if masks is None:
+        sink.write(bgr)
+        return
+    st.summary.add(i, masks)
+    empty = [o for o, m in masks.items() if not m.any()]
+    sink.write(draw_legend(draw_masks(bgr, masks), masks.keys(), empty))
+    st.n_pngs += write_masks(masks_dir, i, masks)
+    st.rle_frames.append({"frame": i, "masks": {str(o): rle_encode(m) for o, m in sorted(masks.items())}})
+
+
 def prompts_from_args(args: argparse.Namespace) -> List[PromptSpec]:
     """The prompts of --prompts FILE.json, else of --point X,Y / --box X0,Y0,X1,Y1 (object 1, frame 0).
     Raises PromptError (an InputError) on any invalid prompt: called before the model loads."""
@@ -139,6 +166,9 @@ def _track(p: argparse.ArgumentParser):
     p.add_argument("--threads", type=int_arg(1), default=None,
                    help="CPU threads (torch.set_num_threads for --checkpoint; the ONNX Runtime / ExecuTorch "
                         "thread pool for --bundle). Default: the runtime's (one per core)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="torch compute dtype for --checkpoint: bf16 (autocast) needs a CPU with AVX512-BF16 / AMX, "
+                        "an Ampere+ GPU or Apple MPS (default fp32)")
     p.add_argument("--warn-empty", type=int_arg(1), default=10, metavar="N",
                    help="warn when an object's mask is empty for N consecutive frames (default 10)")
 
@@ -155,9 +185,12 @@ def _track(p: argparse.ArgumentParser):
             if a.image_size % 32:
                 raise InputError(f"--image-size must be a multiple of 32, got {a.image_size}")
         if a.checkpoint:
-            from .backends.torch_backend import check_device
+            from .backends.torch_backend import check_device, check_dtype
 
-            check_device(a.device)
+            check_dtype(a.dtype, check_device(a.device))
+        elif a.dtype != "fp32":
+            raise InputError("--dtype applies to --checkpoint (the torch backend); a bundle's precision is fixed "
+                             "when it is exported or quantized")
         origin = a.prompts or "--point/--box"
         by_frame: Dict[int, List[PromptSpec]] = {}
         for q in prompts:
@@ -165,15 +198,14 @@ def _track(p: argparse.ArgumentParser):
         frames, total, fps = read_frames(a.source)   # opens the source: a bad one fails before the model loads
         if a.max_frames:
             total = min(total, a.max_frames) if total else a.max_frames
+        out_state = _Outputs(TrackSummary(a.warn_empty))
         started = False
         interrupted = False
         n_frames = 0
-        n_pngs = 0
-        rle_frames: List[dict] = []
-        summary = TrackSummary(a.warn_empty)
-        size = None
         track_s = 0.0
+        wall_s = 0.0
         codec = None
+        feed = None
         try:
             with StagedDir(out, "--out", is_track_output, TRACK_KIND) as stage:
                 masks_dir = stage.path / MASKS_DIR
@@ -188,67 +220,75 @@ def _track(p: argparse.ArgumentParser):
 
                         torch.set_num_threads(a.threads)
                     tracker = Tracker.from_checkpoint(a.checkpoint, a.variant, device=a.device,
-                                                      image_size=a.image_size)
-                with sink, Progress(total, "track") as bar:
+                                                      image_size=a.image_size, dtype=a.dtype)
+                # frame t+1 is read and pre-processed on a thread while the model runs on frame t; the
+                # outputs of frame t are drawn and written on another (newest frame wins for a camera)
+                live = bool(getattr(getattr(frames, "source", None), "is_live", False))
+                feed = Prefetcher(frames, live, tracker.prepare)
+                emit = functools.partial(_emit, out_state, sink, str(masks_dir))
+                t_wall = time.perf_counter()
+                with sink, BackgroundWriter() as writer, Progress(total, "track") as bar:
                     try:
-                        for i, rgb in enumerate(frames):
+                        for i, (rgb, prepared) in enumerate(feed):
                             if a.max_frames and i >= a.max_frames:
                                 break
                             n_frames = i + 1
-                            size = rgb.shape[:2]
+                            out_state.size = rgb.shape[:2]
                             masks: Dict[int, np.ndarray] = {}
                             todo = by_frame.pop(i, [])
                             t0 = time.perf_counter()
                             if todo:                      # first prompt brings the frame, the others are on it
-                                _, masks = apply_prompts(tracker, rgb, todo, origin)
+                                _, masks = apply_prompts(tracker, prepared, todo, origin)
                                 started = True
                             elif started:
-                                masks = result_masks(tracker.track(rgb))
+                                masks = result_masks(tracker.track(prepared))
                             track_s += time.perf_counter() - t0
-                            bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-                            if started:
-                                summary.add(i, masks)
-                                empty = [o for o, m in masks.items() if not m.any()]
-                                sink.write(draw_legend(draw_masks(bgr, masks), masks.keys(), empty))
-                                n_pngs += write_masks(str(masks_dir), i, masks)
-                                rle_frames.append({"frame": i, "masks": {str(o): rle_encode(m)
-                                                                         for o, m in sorted(masks.items())}})
-                            else:                         # before the first prompt: the frame as it is
-                                sink.write(bgr)
+                            writer.submit(emit, i, rgb, masks if started else None)
                             bar.update(1, f"{len(masks)} objects")
                     except KeyboardInterrupt:             # a camera runs until Ctrl-C: keep what was tracked
                         interrupted = True
+                wall_s = time.perf_counter() - t_wall
                 codec = sink.codec
                 if not started:
                     if interrupted:
                         raise KeyboardInterrupt
                     raise InputError("no prompt was applied: check the prompts' frame numbers against the source "
                                      "length")
+                summary = out_state.summary
                 summary.finish()
-                _write_masks_json(stage.path / MASKS_JSON, str(a.source), size, rle_frames, summary.as_dict())
-                tracked = len(rle_frames)
+                _write_masks_json(stage.path / MASKS_JSON, str(a.source), out_state.size, out_state.rle_frames,
+                                  summary.as_dict())
+                tracked = len(out_state.rle_frames)
                 write_marker(stage.path, "track", source=str(a.source),
                              model=os.path.abspath(a.bundle or a.checkpoint), frames=n_frames,
                              interrupted=interrupted, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              summary={"frames_read": n_frames, "frames_tracked": tracked,
                                       "tracking_fps": round(tracked / track_s, 3) if track_s > 0 else None,
-                                      "overlay_codec": codec, "mask_pngs": n_pngs,
+                                      "achieved_fps": round(n_frames / wall_s, 3) if wall_s > 0 else None,
+                                      "dropped_frames": feed.dropped, "live_source": live,
+                                      "overlay_codec": codec, "mask_pngs": out_state.n_pngs,
                                       # counts only: the marker stays small (masks.json has the empty runs)
                                       "objects": {k: {**v, "empty_runs": len(v["empty_runs"])}
                                                   for k, v in summary.as_dict().items()}})
                 stage.commit()
         finally:
-            frames.close()                        # releases the source (camera) whatever happened
+            if feed is not None:
+                feed.close()                      # the reader thread releases the source (camera)
+            else:
+                frames.close()
         for q in (q for qs in by_frame.values() for q in qs):
             log.warning("%s: %s was never applied: only %d frames were tracked", origin, q.describe(), n_frames)
-        tracked = len(rle_frames)
-        speed = f", {tracked / track_s:.2f} FPS tracking (model time, no decoding / writing)" if track_s > 0 else ""
-        print(f"tracked {tracked} of {n_frames} frames read{speed}{' (interrupted)' if interrupted else ''}")
+        tracked = len(out_state.rle_frames)
+        speed = f", {tracked / track_s:.2f} FPS tracking (model time)" if track_s > 0 else ""
+        if wall_s > 0:
+            speed += f", {n_frames / wall_s:.2f} FPS achieved (wall clock, reading and writing overlapped)"
+        dropped = f"; {feed.dropped} frames dropped (live source: newest frame wins)" if feed and feed.live else ""
+        print(f"tracked {tracked} of {n_frames} frames read{speed}{dropped}{' (interrupted)' if interrupted else ''}")
         print(f"wrote {out}/")
-        print(f"  {MASKS_DIR}/      {n_pngs} mask PNGs ({{frame:05d}}_obj{{id}}.png, 255 = object)")
+        print(f"  {MASKS_DIR}/      {out_state.n_pngs} mask PNGs ({{frame:05d}}_obj{{id}}.png, 255 = object)")
         print(f"  {MASKS_JSON}  the same masks in COCO RLE (pycocotools format)")
         print(f"  {OVERLAY_NAME} {n_frames} frames, codec {codec}{' (H.264)' if codec == 'avc1' else ''}")
-        for line in summary.lines():
+        for line in out_state.summary.lines():
             print(line)
         if interrupted:
             log.warning("interrupted after %d frames: wrote %s", n_frames, out)

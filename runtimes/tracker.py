@@ -70,6 +70,21 @@ class ObjectState:
     current: Optional[FrameOutput] = None
 
 
+@dataclass(frozen=True)
+class PreparedFrame:
+    """A frame whose model input was computed ahead by `Tracker.prepare` (e.g. on a reader
+    thread while the model works on the previous frame); `track` / `add_prompt` take it in
+    place of the frame. `shape` is the frame's, so code reading `frame.shape` works on both."""
+
+    rgb: np.ndarray  # [H, W, 3] uint8, the frame
+    image: np.ndarray  # [1, 3, S, S] float32, the normalised model input
+    image_size: int  # S it was prepared for
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return self.rgb.shape
+
+
 @dataclass
 class FrameFeatures:
     """Image-encoder outputs of the current frame (preallocated once, overwritten per frame)."""
@@ -162,6 +177,15 @@ class Tracker:
                 n += o.current.low_res.nbytes + o.current.obj_ptr.nbytes + o.current.obj_score.nbytes
         return int(n)
 
+    def prepare(self, frame: np.ndarray) -> PreparedFrame:
+        """The model input of `frame` (HxWx3 uint8 RGB), computed now: thread-safe (reads only the
+        spec), so a reader thread can prepare frame t+1 while `track` runs on frame t."""
+        check_image(frame, "frame")
+        s = self.spec.image_size
+        small = preprocess.resize_bicubic_pil(frame, s)
+        image = preprocess.normalize_video(small, out=np.empty((1, 3, s, s), np.float32))
+        return PreparedFrame(frame, image, s)
+
     def reset(self) -> None:
         self._objects.clear()
         self._frame = None
@@ -175,7 +199,7 @@ class Tracker:
         del self._objects[obj_id]
 
     def track(self, frame: np.ndarray) -> TrackResult:
-        """Track every object on a new frame (HxWx3 uint8 RGB)."""
+        """Track every object on a new frame (HxWx3 uint8 RGB, or a `prepare`d frame)."""
         self._check_frame(frame)
         if not self._objects:
             raise StateError("track() needs at least one object: call add_prompt(frame, obj_id, ...) first")
@@ -226,6 +250,11 @@ class Tracker:
         return int(obj_id)
 
     def _check_frame(self, frame) -> None:
+        if isinstance(frame, PreparedFrame):
+            if frame.image_size != self.spec.image_size or frame.image.shape != self._image.shape:
+                raise InputError(f"the frame was prepared for a {frame.image_size}-px model, this tracker's is "
+                                 f"{self.spec.image_size} px; prepare it with this tracker's prepare()")
+            frame = frame.rgb
         check_image(frame, "frame")
         hw = (int(frame.shape[0]), int(frame.shape[1]))
         if self._hw is not None and hw != self._hw:
@@ -279,8 +308,11 @@ class Tracker:
     def _new_frame(self, frame: np.ndarray) -> None:
         self._flush_memories()
         s = self.spec
-        small = preprocess.resize_bicubic_pil(frame, s.image_size)
-        preprocess.normalize_video(small, out=self._image)
+        if isinstance(frame, PreparedFrame):  # model input computed ahead (another thread)
+            self._image[...] = frame.image
+        else:
+            small = preprocess.resize_bicubic_pil(frame, s.image_size)
+            preprocess.normalize_video(small, out=self._image)
         s0, s1, feats, pos = self._run("image_encoder", (self._image,))
         hw = (int(frame.shape[0]), int(frame.shape[1]))
         self._frame = FrameFeatures(self._next_index, hw, s0, s1, feats, pos)

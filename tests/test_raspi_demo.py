@@ -76,6 +76,9 @@ class FakeTracker:
     def memory_bytes(self) -> int:
         return 4096 * len(self._centres)
 
+    def prepare(self, frame: np.ndarray) -> np.ndarray:  # the model input computed ahead: nothing here
+        return frame
+
     def _check_frame(self, frame: np.ndarray) -> None:
         if not (isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8):
             raise InputError("frame must be HxWx3 uint8 RGB")

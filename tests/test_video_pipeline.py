@@ -77,6 +77,9 @@ class FakeTracker:
         self.calls.append(("add_prompt", frame is not None, obj_id, points, labels, box, mask is not None))
         return self._result()
 
+    def prepare(self, frame):  # the model input computed ahead: nothing to compute here
+        return frame
+
     def track(self, frame):
         self.hw = frame.shape[:2]
         self.calls.append(("track",))

@@ -260,3 +260,110 @@ class RGBFrames(Iterator[np.ndarray]):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+_END = object()
+
+
+class Prefetcher(Iterator[Tuple[np.ndarray, Any]]):
+    """Frames read -- and `prepare`d, e.g. resized and normalised by `Tracker.prepare` -- on a
+    background thread while the caller tracks the previous one, so decoding and pre-processing
+    never sit on the model's critical path.
+
+    A file or a folder (`live=False`) gives every frame in order through a queue of `depth`
+    (the reader waits when it is full: nothing is skipped). A live source (`live=True`) gives
+    the newest frame: one captured while the caller is busy replaces the one waiting and is
+    counted in `dropped` (latency stays one tracker step, as the demo's capture thread).
+    Yields (rgb, prepared). An error on the reader thread is raised by the next `next()`.
+    The reader thread closes `frames` itself (never concurrently with a read).
+    """
+
+    def __init__(self, frames: Iterator[np.ndarray], live: bool, prepare=None, depth: int = 2) -> None:
+        import queue
+
+        self.frames, self.live, self.prepare = frames, bool(live), prepare
+        self.dropped = 0
+        self.read = 0
+        self._q: "queue.Queue" = queue.Queue(maxsize=1 if self.live else max(1, int(depth)))
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        """Queue `item`; False when stopped. Live: replace a waiting frame (counted as dropped)."""
+        import queue
+
+        while not self._stop.is_set():
+            if self.live and item is not _END and not isinstance(item, BaseException):
+                with self._lock:
+                    try:
+                        self._q.get_nowait()
+                        self.dropped += 1
+                    except queue.Empty:
+                        pass
+                    self._q.put_nowait(item)
+                    return True
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for rgb in self.frames:
+                if self._stop.is_set():
+                    break
+                self.read += 1
+                if not self._put((rgb, self.prepare(rgb) if self.prepare is not None else None)):
+                    break
+            self._put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(e)
+        finally:
+            close = getattr(self.frames, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> Tuple[np.ndarray, Any]:
+        import queue
+
+        while True:
+            try:
+                item = self._q.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._q.empty():
+                    raise StopIteration from None
+        if item is _END:
+            self._q.put_nowait(_END)  # stay ended for any later call
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop reading and wait for the reader thread (which releases the source)."""
+        import queue
+
+        self._stop.set()
+        while True:  # unblock a reader waiting on a full queue
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("frame reader still blocked in a read after %.1f s; it releases the source when the "
+                        "read returns", timeout)
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

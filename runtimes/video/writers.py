@@ -156,3 +156,58 @@ def write_masks(folder: str, frame_index: int, masks: Dict[int, np.ndarray]) -> 
             raise OutputError(f"cannot write mask {path!r}")
         n += 1
     return n
+
+
+class BackgroundWriter:
+    """Runs output jobs (overlay drawing, video frames, mask files) in order on one thread, so
+    the tracker never waits on drawing or the disk. Bounded: when the outputs fall `depth` jobs
+    behind, `submit` waits (memory stays bounded, nothing is dropped). An error in a job stops
+    the writer and is raised by the next `submit` or by `close`."""
+
+    def __init__(self, depth: int = 4) -> None:
+        import queue
+        import threading
+
+        self._q: "queue.Queue" = queue.Queue(maxsize=max(1, int(depth)))
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            if self._error is None:
+                try:
+                    job[0](*job[1])
+                except BaseException as e:  # noqa: BLE001 - raised on the caller's thread
+                    self._error = e
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            e, self._error = self._error, None
+            raise e
+
+    def submit(self, fn, *args) -> None:
+        self._raise()
+        self._q.put((fn, args))
+
+    def close(self) -> None:
+        """Finish every submitted job, stop the thread, raise a job's error."""
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
+        self._raise()
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # already failing: finish the outputs queued so far, keep the original error
+            try:
+                self.close()
+            except BaseException:  # noqa: BLE001
+                log.exception("writing outputs failed while handling another error")
