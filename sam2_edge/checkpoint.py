@@ -517,17 +517,25 @@ def check_state_dict(sd: Dict[str, torch.Tensor], cfg: ModelConfig, path: str) -
     raise CheckpointError(f"{path!r} does not fit variant {cfg.name!r}: " + "; ".join(detail))
 
 
+def checkpoint_variant(path: str, sd: Dict[str, torch.Tensor]) -> str:
+    """The variant of checkpoint `path` (state dict `sd`): the one a student's safetensors names
+    in its metadata (sam2.1-hiera-tiny-512 has tiny's shapes), else the one its keys and shapes
+    match; CheckpointError when none."""
+    variant = safetensors_metadata(path).get("variant")
+    variant = variant if variant in list_variants() else match_variant(sd)
+    if variant is None:
+        if not any(k.startswith("image_encoder.trunk.") for k in sd):
+            raise CheckpointError(f"{path!r} is not a SAM 2 checkpoint (no image_encoder.trunk.* weights)")
+        raise CheckpointError(f"{path!r} matches no known variant ({', '.join(list_variants())}); "
+                              "its keys or shapes differ from every official layout")
+    return variant
+
+
 def load_checkpoint(path: str, variant: Optional[str] = None,
                     image_size: Optional[int] = None) -> Tuple[SAM2Model, ModelConfig]:
     sd = read_state_dict(path)
-    if variant is None:  # a student's safetensors names its variant (tiny-512 has tiny's shapes)
-        variant = safetensors_metadata(path).get("variant")
-        variant = variant if variant in list_variants() else match_variant(sd)
-        if variant is None:
-            if not any(k.startswith("image_encoder.trunk.") for k in sd):
-                raise CheckpointError(f"{path!r} is not a SAM 2 checkpoint (no image_encoder.trunk.* weights)")
-            raise CheckpointError(f"{path!r} matches no known variant ({', '.join(list_variants())}); "
-                                  "its keys or shapes differ from every official layout")
+    if variant is None:
+        variant = checkpoint_variant(path, sd)
     cfg = get_config(variant)
     check_state_dict(sd, cfg, path)
     if image_size is not None and image_size != cfg.image_size:

@@ -34,10 +34,10 @@ def _info(p: argparse.ArgumentParser):
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     def run(a: argparse.Namespace) -> int:
-        from .errors import BackendUnavailableError, CheckpointError
+        from .errors import BackendUnavailableError
 
         try:
-            from .checkpoint import check_state_dict, match_variant, parameter_names, read_state_dict
+            from .checkpoint import check_state_dict, checkpoint_variant, parameter_names, read_state_dict
         except ModuleNotFoundError as e:
             if e.name == "torch":
                 raise BackendUnavailableError("reading checkpoints needs PyTorch: pip install 'sam2-edge[torch]'") from None
@@ -46,9 +46,7 @@ def _info(p: argparse.ArgumentParser):
         from .contract import sha256_file
 
         sd = read_state_dict(a.checkpoint)
-        variant = match_variant(sd)
-        if variant is None:
-            raise CheckpointError(f"{a.checkpoint!r} matches no known SAM 2 variant")
+        variant = checkpoint_variant(a.checkpoint, sd)  # a student's safetensors names its own
         cfg = get_config(variant)
         check_state_dict(sd, cfg, a.checkpoint)
         info = {

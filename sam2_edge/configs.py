@@ -241,6 +241,14 @@ def tiny_repvit_512() -> ModelConfig:
 
 
 @register
+def tiny_repvit_256() -> ModelConfig:
+    """The live-tracking student: sam2.1-repvit-512's blocks at 256 px, each memory frame
+    compressed to 64 global + 64 windowed latents (an 8 x 8 grid of 2 x 2 windows)."""
+    return _student("sam2.1-hiera-tiny", "sam2.1-repvit-256", image_size=256, trunk="repvit",
+                    repvit=RepViTConfig(), mem_attn_layers=2, perceiver=PerceiverConfig(num_latents=64, num_latents_2d=64))
+
+
+@register
 def micro_student() -> ModelConfig:
     """The distillation test student of `micro`: one block per Hiera stage, 1 memory-attention layer."""
     return _student("micro", "micro-student", mem_attn_layers=1,
