@@ -29,6 +29,8 @@ LAYER_OF = {
     "sam2_edge.quantization": "export",
     "sam2_edge.quantization.calibration": "app",  # drives the runtime's tracker over calibration frames
     "sam2_edge.quantization.pipeline": "app",
+    "sam2_edge.quantization.executorch_quant": "app",  # the pipeline's flow for ExecuTorch (runs the tracker)
+    "sam2_edge.quantization.coreml_quant": "app",  # the pipeline's flow for CoreML (its report and outputs)
     "sam2_edge.quantization.cli": "app",
     "sam2_edge.evaluation": "app",
     "sam2_edge.evaluation.metrics": "base",  # numpy + cv2 only

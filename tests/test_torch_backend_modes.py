@@ -38,11 +38,23 @@ def trackers():
 def test_present_only_equals_static_slots(trackers, scenario, monkeypatch):
     present, static = trackers
     stage = present.backend.stages["memory_attention"]
-    seen = []
+    seen, biases = [], []
     real = stage.forward_present
     monkeypatch.setattr(stage, "forward_present", lambda *a: seen.append(a[2].shape[1]) or real(*a))
+    import sam2_edge.modeling.memory_attention as ma
+
+    real_attention = ma.attention
+    def spy(q, k, v, key_bias=None):  # cross-attention calls only (self-attention has as many keys as queries)
+        if k.shape[-2] != q.shape[-2]:
+            biases.append(key_bias is None)
+        return real_attention(q, k, v, key_bias)
+
+    monkeypatch.setattr(ma, "attention", spy)
     a = run_scenario(present, FIX / "micro_stream", f"stream_{scenario}")
+    n_present = len(biases)
     b = run_scenario(static, FIX / "micro_stream", f"stream_{scenario}")
+    # present-only: no key bias at all (SDPA's fused kernel); static slots: always a bias
+    assert n_present and all(biases[:n_present]) and not any(biases[n_present:]), biases
     assert a.low.keys() == b.low.keys()
     worst = 0.0
     for k in b.low:

@@ -179,9 +179,9 @@ class SAM2Model(nn.Module):
         ptr_pos = self.pointer_pos(ptr_dist.reshape(-1)).reshape(b, p, 1, m_dim)
         ptr_pos = ptr_pos.expand(b, p, split, m_dim).reshape(b, p * split, m_dim)
         zeros = torch.zeros(b, 1, dtype=torch.float32, device=memory.device)
-        masked = torch.full_like(zeros, MASKED)
-        mem_bias = torch.where(mem_valid, zeros, masked)[:, :, None].expand(b, m_slots, n_tok)
-        ptr_bias = torch.where(ptr_valid, zeros, masked)[:, :, None].expand(b, p, split)
+        absent = torch.full_like(zeros, MASKED)
+        mem_bias = torch.where(mem_valid, zeros, absent)[:, :, None].expand(b, m_slots, n_tok)
+        ptr_bias = torch.where(ptr_valid, zeros, absent)[:, :, None].expand(b, p, split)
         keys = torch.cat([mem, ptr_tokens], dim=1)
         keys_pos = torch.cat([mem_pos, ptr_pos], dim=1)
         bias = torch.cat([mem_bias.reshape(b, -1), ptr_bias.reshape(b, -1)], dim=1) if masked else None
