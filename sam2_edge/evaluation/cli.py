@@ -25,6 +25,11 @@ def _eval(p: argparse.ArgumentParser):
     p.add_argument("--frames", type=int_arg(2, 100000), default=24, help="--reference mode: frames (default 24)")
     p.add_argument("--objects", type=int_arg(1, 16), default=2, help="--reference mode: objects (default 2)")
     p.add_argument("--threads", type=int_arg(0), default=0, help="runtime threads (0: default)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="--reference mode, a checkpoint --model: torch compute dtype (bf16: autocast, a CPU with "
+                        "AVX512-BF16 / AMX or a bf16 GPU); the reference runs fp32")
+    p.add_argument("--image-size", type=int_arg(64), default=None,
+                   help="--reference mode: model input side for checkpoints (default: the variant's)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the scores as JSON")
 
     def run(a: argparse.Namespace) -> int:
@@ -33,7 +38,7 @@ def _eval(p: argparse.ArgumentParser):
         if a.davis:
             r = evaluate_davis(a.model, a.davis, a.resolution, a.videos, a.max_frames, a.threads)
         else:
-            r = evaluate_pseudo(a.model, a.reference, a.video, a.frames, a.objects, a.threads)
+            r = evaluate_pseudo(a.model, a.reference, a.video, a.frames, a.objects, a.threads, a.dtype, a.image_size)
         print(format_table(r))
         if a.json:
             from ..outputs import write_text

@@ -16,18 +16,22 @@ from .davis import list_videos, read_ids
 from .metrics import mean_scores, score_sequence
 
 
-def open_model(model: str, threads: int = 0):
-    """A backend for `model`: a bundle folder (its format's backend) or a checkpoint (torch)."""
+def open_model(model: str, threads: int = 0, dtype: str = "fp32", image_size: Optional[int] = None):
+    """A backend for `model`: a bundle folder (its format's backend) or a checkpoint (torch, in
+    `dtype`, at `image_size`: options of a checkpoint only, a bundle's are fixed at export)."""
     p = Path(model)
     if not p.exists():
         raise InputError(f"model {model!r} does not exist; give a bundle folder or a checkpoint (.pt)")
     if p.is_dir():
+        if dtype != "fp32" or image_size is not None:
+            raise InputError(f"{model!r} is a bundle: --dtype / --image-size apply to checkpoints (a bundle's "
+                             "precision and size are fixed when it is exported)")
         from ..runtimes.bundle_backends import open_bundle
 
         return open_bundle(str(p), **({"threads": threads} if threads else {}))
     from ..runtimes.backends.torch_backend import TorchBackend
 
-    return TorchBackend.from_checkpoint(str(p))
+    return TorchBackend.from_checkpoint(str(p), image_size=image_size, dtype=dtype)
 
 
 def _track(backend, frames, first_masks=None, prompts=None):
@@ -63,22 +67,29 @@ def evaluate_davis(model: str, root: str, resolution: str = "480p", videos: Opti
 
 
 def evaluate_pseudo(model: str, reference: str, source: Optional[str], frames_n: int = 24, objects: int = 2,
-                    threads: int = 0) -> dict:
+                    threads: int = 0, dtype: str = "fp32", image_size: Optional[int] = None) -> dict:
     """`model` against `reference`'s masks (pseudo ground truth), both prompted with the same
-    automatic prompts on the first frame of `source` (default: the shipped clip)."""
+    automatic prompts on the first frame of `source` (default: the shipped clip). `dtype`
+    applies to `model` (a checkpoint; e.g. bf16 vs the fp32 reference), `image_size` to both."""
     from ..quantization.calibration import auto_prompts, load_frames
 
     frames, src = load_frames(source, frames_n, "--video")
     h, w = frames[0].shape[:2]
     prompts = auto_prompts(w, h, objects)
     t0 = time.perf_counter()
-    ref = _track(open_model(reference, threads), frames, prompts=prompts)
-    got = _track(open_model(model, threads), frames, prompts=prompts)
+    ref_size = image_size if not Path(reference).is_dir() else None
+    ref = _track(open_model(reference, threads, image_size=ref_size), frames, prompts=prompts)
+    got = _track(open_model(model, threads, dtype, image_size), frames, prompts=prompts)
     res = score_sequence(got, ref, list(range(1, objects + 1)))
+    from .metrics import frame_iou
+
+    ious = [float(np.min(frame_iou(a, b))) for a, b in zip(ref, got)]  # per frame, the worst object
     name = os.path.basename(src)
-    return {"mode": "pseudo", "model": os.path.basename(str(model).rstrip("/")),
+    return {"mode": "pseudo", "model": os.path.basename(str(model).rstrip("/")) + ("" if dtype == "fp32" else
+                                                                                     f" ({dtype})"),
             "reference": os.path.basename(str(reference).rstrip("/")), "videos": {name: _public(res, range(len(frames)))},
-            **{k: res[k] for k in ("J", "F", "JF")}, "seconds": round(time.perf_counter() - t0, 2)}
+            **{k: res[k] for k in ("J", "F", "JF")}, "iou_min_object_mean": float(np.mean(ious)),
+            "iou_min": float(np.min(ious)), "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _public(res: dict, frames) -> dict:
@@ -92,6 +103,9 @@ def format_table(r: dict) -> str:
         lines.append(f"{name[:24]:24s} {v['J']:7.4f} {v['F']:7.4f} {v['JF']:7.4f}  {len(v['objects'])}")
     what = f"vs {r['reference']} (pseudo ground truth)" if r["mode"] == "pseudo" else "(DAVIS annotations)"
     lines.append(f"{'mean':24s} {r['J']:7.4f} {r['F']:7.4f} {r['JF']:7.4f}  {r['model']} {what}")
+    if "iou_min" in r:
+        lines.append(f"per-frame mask IoU of the worst object: mean {r['iou_min_object_mean']:.4f}, "
+                     f"min {r['iou_min']:.4f}")
     return "\n".join(lines)
 
 
