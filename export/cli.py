@@ -39,7 +39,10 @@ def _export(p: argparse.ArgumentParser):
     except ImportError:
         add_quantize_args = run_quantize = None
     if add_quantize_args is not None:
-        add_quantize_args(p.add_argument_group("int8 / int8-dynamic (ONNX)"))
+        # every quantized precision of every format goes to `sam2-edge quantize`'s flow (run below)
+        add_quantize_args(p.add_argument_group("quantized precisions: int8 / int8-dynamic (ONNX, ExecuTorch; "
+                                               "calibrated), int8 / palettize4/6/8 (CoreML; weights only, the "
+                                               "calibration options are not used)"))
 
     def run(a: argparse.Namespace) -> int:
         from ..contract import load_manifest

@@ -19,6 +19,11 @@ Two tiny graph adjustments, no model change: bool `&` / `|` become bitwise_and /
 
 Conversion works on Linux; running a CoreML model needs macOS (see
 `sam2_edge.runtimes.backends.coreml_backend`).
+
+Compressed weights (int8, palettize4/6/8) are not made here: `sam2_edge.quantization.coreml_quant`
+compresses these float packages with coremltools.optimize.coreml. With this iOS 17 target,
+palettisation has one lookup table per weight tensor; a table per group of channels needs
+iOS 18 / macOS 15 (specification version 9), which this exporter does not set.
 """
 
 from __future__ import annotations
