@@ -336,7 +336,7 @@ def delegation_stats(edge_program) -> dict:
 # --------------------------------------------------------------------------- export
 def lower_stage(module: nn.Module, example_inputs: Tuple[torch.Tensor, ...], precision: str = "fp32"):
     """(edge program manager after XNNPACK lowering, delegation stats)."""
-    XnnpackPartitioner, _, to_edge_transform_and_lower, constant_prop_pass = _require_executorch()
+    _require_executorch()
     precision = Precision.parse(precision, "executorch").value
     module = module.eval()
     # contiguous: a strided example input (e.g. a numpy view) would export a non-default dim order
@@ -345,18 +345,50 @@ def lower_stage(module: nn.Module, example_inputs: Tuple[torch.Tensor, ...], pre
         if precision == "fp16":
             module = _half_module(module, tuple(example_inputs))
         ep = torch.export.export(module, tuple(example_inputs), strict=False)
+    return lower_program(ep)
+
+
+def lower_program(ep):
+    """An exported program (float, or PT2E-quantised: its quantize / dequantize ops are what
+    XNNPACK's quantised kernels match) through the rewrites above, constant folding and XNNPACK
+    lowering: (edge program manager, delegation stats)."""
+    XnnpackPartitioner, _, to_edge_transform_and_lower, constant_prop_pass = _require_executorch()
+    with torch.no_grad():
         partitioner = XnnpackPartitioner()
         keep, _ = partitioner.ops_to_not_decompose(ep)
         ep = ep.run_decompositions(_decompositions(keep))
-        ep = constant_prop_pass(ep)
+        ep = constant_prop_pass(ep, custom_skip_targets=_const_prop_skip())
         edge = to_edge_transform_and_lower(ep, partitioner=[partitioner])
     return edge, delegation_stats(edge.exported_program())
+
+
+def _const_prop_skip():
+    """constant_prop_pass's default skip set (edge ops) plus the ATen-level quantize / dequantize
+    ops: folded before to_edge, the dequantize of an int8 weight would become a float weight and
+    XNNPACK would get no quantised pattern. A float graph has none of them (unchanged for it)."""
+    from executorch.exir.operator.util import _QUANT_PRIMITIVES
+    from executorch.exir.passes.constant_prop_pass import _DEFAULT_SKIP_TARGETS
+
+    return set(_DEFAULT_SKIP_TARGETS) | set(_QUANT_PRIMITIVES)
+
+
+def write_program(edge, path: Path) -> Path:
+    """The lowered program as a `.pte` file at `path` (written to a sibling, then renamed)."""
+    _, ExecutorchBackendConfig, _, _ = _require_executorch()
+    path = Path(path)
+    prog = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        prog.write_to_file(f)
+    tmp.replace(path)
+    return path
 
 
 def export_stage(module: nn.Module, example_inputs: Sequence[torch.Tensor], input_names: List[str],
                  output_names: List[str], path: Path, precision: str = "fp32") -> dict:
     """Write `path` (.pte) for one stage and return its manifest info (delegation, timing)."""
-    _, ExecutorchBackendConfig, _, _ = _require_executorch()
+    _require_executorch()
     import executorch
 
     path = Path(path)
@@ -368,12 +400,7 @@ def export_stage(module: nn.Module, example_inputs: Sequence[torch.Tensor], inpu
     n_out = len(edge.exported_program().graph_signature.user_outputs)
     if n_out != len(output_names):
         raise ValueError(f"the graph has {n_out} outputs, {len(output_names)} output names given")
-    prog = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        prog.write_to_file(f)
-    tmp.replace(path)
+    write_program(edge, path)
     return {
         "format": "executorch",
         "executorch_version": getattr(executorch, "__version__", None) or _dist_version("executorch"),

@@ -1,5 +1,6 @@
-"""`sam2-edge quantize`: a checkpoint (or an fp32 ONNX bundle) -> an int8 / int8-dynamic ONNX
-bundle with a fidelity report. Registered by `sam2_edge.cli`; onnxruntime loads when it runs."""
+"""`sam2-edge quantize`: a checkpoint (or an fp32 ONNX bundle) -> an int8 / int8-dynamic ONNX or
+ExecuTorch bundle with a fidelity report. Registered by `sam2_edge.cli`; onnxruntime / executorch
+load only when it runs."""
 
 from __future__ import annotations
 
@@ -25,11 +26,16 @@ def add_quantize_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_quantize(a: argparse.Namespace, precision: str, show_progress) -> int:
-    from .pipeline import format_report, quantize
+    import importlib
+
+    from .pipeline import FORMAT_FLOWS, format_report, quantize
 
     r = quantize(a.checkpoint, a.out, precision, fmt=a.format, calib=a.calib, calib_frames=a.calib_frames,
                  holdout_frames=a.holdout_frames, objects=a.objects, analyze=a.analyze, variant=a.variant,
                  image_size=a.image_size, cond_slots=a.cond_slots, show_progress=show_progress)
+    if a.format in FORMAT_FLOWS:  # a format's own flow formats its own report
+        format_report = getattr(importlib.import_module(FORMAT_FLOWS[a.format], __package__), "format_report",
+                                format_report)
     print(format_report(r.report))
     print(f"bundle   {r.path}  (report: {r.path / 'quantization.json'})")
     if getattr(a, "json", False):
@@ -42,12 +48,15 @@ def _quantize(p: argparse.ArgumentParser):
     from ..contract import FORMATS
 
     p.description = ("Quantise a SAM 2 / 2.1 checkpoint to an int8 (static W8A8, calibrated on real frames) or "
-                     "int8-dynamic ONNX bundle, with a measured fidelity report (per stage and end to end vs "
-                     "fp32) written into the bundle as quantization.json. See quantization/README.md.")
+                     "int8-dynamic bundle -- ONNX (onnxruntime.quantization) or ExecuTorch (PT2E with the "
+                     "XNNPACKQuantizer, lowered to XNNPACK) -- with a measured fidelity report (per stage and end "
+                     "to end vs fp32) written into the bundle as quantization.json. See quantization/README.md.")
     p.add_argument("--checkpoint", required=True,
-                   help="official .pt checkpoint, or an fp32 ONNX bundle folder (skips the export)")
+                   help="official .pt checkpoint; for --format onnx also an fp32 ONNX bundle folder (skips the "
+                        "export). ExecuTorch quantises the torch module, so it needs the checkpoint")
     p.add_argument("--format", default="onnx", choices=list(FORMATS),
-                   help="bundle format (int8 is ONNX-only for now)")
+                   help="bundle format: onnx (int8, int8-dynamic), executorch (int8, int8-dynamic: PT2E + "
+                        "XNNPACKQuantizer), coreml (its own precisions); default onnx")
     p.add_argument("--precision", required=True, help="int8 or int8-dynamic")
     p.add_argument("--out", required=True, help="bundle folder to create (an older bundle there is replaced)")
     p.add_argument("--variant", default=None, help="model variant (default: inferred from the checkpoint)")
