@@ -3,8 +3,11 @@
 `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript) is the exporter; the
 TorchScript exporter is the fallback should it ever fail for a module. Shapes are static
 (the example inputs' shapes). After export the graph is, in order: given an Identity for
-any output that is a plain constant (e.g. the image encoder's vision_pos), optionally
-converted to float16 compute with float32 inputs/outputs, saved (weights in a side file
+any output that is a plain constant (e.g. the image encoder's vision_pos), its large
+attentions rewritten into ONNX Runtime's fused `com.microsoft.MultiHeadAttention` (fp32
+only, `onnx_fuse.py`: the flash kernel of ORT's CPU provider instead of a materialised
+query x key score matrix), optionally converted to float16 compute with float32
+inputs/outputs, saved (weights in a side file
 `<name>.data` only when the graph is over ~1.8 GB), checked with `onnx.checker` (path
 form, so > 2 GB models work), and run once in onnxruntime on the example inputs and
 compared with the eager module.
@@ -13,6 +16,15 @@ fp16: weights and compute in float16 (onnxruntime's float16 converter, `keep_io_
 so the graph's inputs and outputs stay float32/int32 exactly as `TrackerSpec.io()` says
 and the tracker is unchanged. Meant for GPU / CoreML / TensorRT execution providers;
 onnxruntime's CPU provider runs it too (slower than fp32: it casts around most ops).
+fp16 graphs keep the decomposed attention (MultiHeadAttention's CPU kernel is float32
+only), so on the CPU provider they still materialise the score matrices.
+
+Opset: DEFAULT_OPSET (18) is the standard ("ai.onnx") opset of every graph, unchanged by
+the attention fusion. A fused fp32 graph additionally imports the `com.microsoft` domain
+(version 1) for MultiHeadAttention, which onnxruntime's CPU and CUDA providers implement;
+providers without it (TensorRT, CoreML) hand those nodes to the CPU provider. The opset-23
+`Attention` op was measured and not used: ORT 1.32's CPU kernel materialises the scores
+(see onnx_fuse.py). `fuse_attention=False` exports the plain decomposed graph.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import torch
 
 from ..contract import Precision
 from ..errors import ConfigError
+from .onnx_fuse import DEFAULT_MIN_SCORES, fuse_attention as _fuse_attention
 
 DEFAULT_OPSET = 18  # >= 17 (LayerNormalization); supported by onnxruntime >= 1.14, TensorRT 8.6+, CoreML EP
 EXTERNAL_DATA_THRESHOLD = 1800 << 20  # protobuf's hard limit is 2 GiB per file
@@ -183,10 +196,13 @@ def _run_ort(path: Path, input_names, args) -> List[np.ndarray]:
 
 def export_stage(module: torch.nn.Module, example_inputs: Tuple[torch.Tensor, ...], input_names: Sequence[str],
                  output_names: Sequence[str], path: Path, precision: str = "fp32",
-                 opset: int = DEFAULT_OPSET, verify: bool = True) -> Dict[str, object]:
+                 opset: int = DEFAULT_OPSET, verify: bool = True, fuse_attention: bool = True,
+                 fuse_min_scores: int = DEFAULT_MIN_SCORES) -> Dict[str, object]:
     """Export one stage module to `path` (.onnx). Returns extra manifest info: opset,
-    exporter used, node count, data files, and (verify) the largest |onnxruntime - eager|
-    per output on the example inputs."""
+    exporter used, node count, data files, fused attentions (fp32), and (verify) the largest
+    |onnxruntime - eager| per output on the example inputs. `fuse_attention`: rewrite every
+    float32 attention with at least `fuse_min_scores` query x key scores per head into
+    com.microsoft.MultiHeadAttention (see onnx_fuse.py)."""
     precision = Precision.parse(precision, "onnx").value
     if opset < 17:
         raise ConfigError(f"ONNX opset must be >= 17 (LayerNormalization), got {opset}")
@@ -208,6 +224,11 @@ def export_stage(module: torch.nn.Module, example_inputs: Tuple[torch.Tensor, ..
         os.remove(path.with_suffix(".tmp.onnx"))
     _constant_outputs_to_identity(model.graph)
     _dedupe_initializers(model.graph)
+    fused = None
+    if fuse_attention and precision == "fp32":
+        fused = _fuse_attention(model, min_scores=fuse_min_scores)
+        log.info("%s: %d attention(s) fused into com.microsoft.MultiHeadAttention", type(module).__name__,
+                 len(fused.fused))
     if precision == "fp16":
         model = _to_fp16(model)
     _check_io(model, example_inputs, input_names, output_names)
@@ -220,6 +241,8 @@ def export_stage(module: torch.nn.Module, example_inputs: Tuple[torch.Tensor, ..
     onnx.checker.check_model(str(path))  # path form: works for graphs with external data
 
     extra: Dict[str, object] = {"opset": int(opset_used), "exporter": exporter, "nodes": n_nodes}
+    if fused is not None:
+        extra.update(fused.as_extra())
     if data_files:
         extra["data_files"] = data_files
     if verify:
