@@ -46,25 +46,21 @@ Application layer, like `pipeline` (whose QuantizeResult, report names and outpu
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
 import tempfile
 import time
-from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 
-from .. import __version__
-from ..contract import MANIFEST_NAME, STAGES, DataFile, GraphEntry, Precision, hash_graph, load_manifest
+from ..contract import STAGES, Precision, load_manifest
 from ..errors import BackendUnavailableError, ConfigError, InputError
 from ..progress import Progress
 from . import fidelity as fid
-from .pipeline import _OUT_KIND, PLOT_NAME, REPORT_NAME, QuantizeResult, _own_bundle
+from .pipeline import _OUT_KIND, QuantizeResult, _own_bundle, write_quantized_bundle
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +392,7 @@ def quantize_bundle(source, out, precision: Precision, *, calib=None, calib_fram
     if p not in PRECISIONS:
         raise ConfigError(f"CoreML weight compression makes {', '.join(x.value for x in PRECISIONS)} bundles, not "
                           f"{p.value}; for fp16 / fp32 use `sam2-edge export --format coreml --precision {p.value}`")
-    from ..outputs import StagedDir, check_dir
+    from ..outputs import check_dir
 
     out = check_dir(out, "--out", _own_bundle, _OUT_KIND)
     src = Path(source)
@@ -432,46 +428,25 @@ def quantize_bundle(source, out, precision: Precision, *, calib=None, calib_fram
         report = build_report(m0, p, stages, analyze)
         from ..export.coreml_export import program_ops
 
-        with StagedDir(out, "--out", _own_bundle, _OUT_KIND) as staged:
-            tmp = staged.path
-            for s in STAGES:
-                shutil.copytree(qdir / f"{s}.mlpackage", tmp / f"{s}.mlpackage")
-            (tmp / REPORT_NAME).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-            report_files = [REPORT_NAME]
-            if write_plot(report, tmp / PLOT_NAME):
-                report_files.append(PLOT_NAME)
-            graphs = {}
-            for s in STAGES:
-                g = m0.graphs[s]
-                path = tmp / f"{s}.mlpackage"
-                st = stages[s]
-                extra = {k: v for k, v in dict(g.extra).items()
-                         if k not in ("export_seconds", "export_cpu_seconds", "bytes", "mil_ops")}
-                extra["precision"] = p.value
-                extra["mil_ops"] = int(sum(v for k, v in program_ops(ct_spec(path)).items() if k != "const"))
-                extra["source_sha256"] = g.sha256
-                extra["constexpr_ops"] = st["constexpr_ops"]
-                extra["quantization"] = {
-                    "method": report["method"], "granularity": st["granularity"],
-                    "compressed_weights": st["compressed_weights"], "float_weights": st["float_weights"],
-                    "float_reasons": st["float_reasons"], "float_bytes_by_reason": st["float_bytes_by_reason"],
-                    "weight_fidelity": st["weight_fidelity"],
-                    "min_weight_sqnr_db": st["min_weight_sqnr_db"], "sizes": st["sizes"]}
-                graphs[s] = GraphEntry(s, f"{s}.mlpackage", hash_graph(path), None, g.inputs, g.outputs,
-                                       bytes=_bytes(path), extra=fid.rounded(extra))
-            from ..export.bundle import library_versions
+        def extra_of(s: str, path: Path) -> dict:
+            g = m0.graphs[s]
+            st = stages[s]
+            extra = {k: v for k, v in dict(g.extra).items()
+                     if k not in ("export_seconds", "export_cpu_seconds", "bytes", "mil_ops")}
+            extra["precision"] = p.value
+            extra["mil_ops"] = int(sum(v for k, v in program_ops(ct_spec(path)).items() if k != "const"))
+            extra["source_sha256"] = g.sha256
+            extra["constexpr_ops"] = st["constexpr_ops"]
+            extra["quantization"] = {
+                "method": report["method"], "granularity": st["granularity"],
+                "compressed_weights": st["compressed_weights"], "float_weights": st["float_weights"],
+                "float_reasons": st["float_reasons"], "float_bytes_by_reason": st["float_bytes_by_reason"],
+                "weight_fidelity": st["weight_fidelity"],
+                "min_weight_sqnr_db": st["min_weight_sqnr_db"], "sizes": st["sizes"]}
+            return extra
 
-            manifest = replace(m0, root=None, precision=p, graphs=graphs,
-                               attachments=tuple(DataFile(f, hash_graph(tmp / f)) for f in report_files),
-                               exporter={"name": "sam2-edge", "version": __version__,
-                                         "module": "sam2_edge.quantization.coreml_quant",
-                                         "source_precision": Precision(m0.precision).value, "report": REPORT_NAME,
-                                         "seconds": round(time.perf_counter() - t_start, 2)},
-                               libraries=library_versions(),
-                               created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-            (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
-            load_manifest(tmp)  # what the loader will see: refuse to move a bundle it would refuse
-            final = staged.commit()
+        final = write_quantized_bundle(out, m0, p, {s: qdir / f"{s}.mlpackage" for s in STAGES}, extra_of, report,
+                                       "sam2_edge.quantization.coreml_quant", t_start, write_plot_fn=write_plot)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["seconds"] = round(time.perf_counter() - t_start, 2)

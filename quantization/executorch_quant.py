@@ -34,28 +34,25 @@ Application layer (it runs the tracker).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import __version__
-from ..contract import MANIFEST_NAME, STAGES, DataFile, GraphEntry, Precision, hash_graph, load_manifest
+from ..contract import STAGES, Precision, load_manifest
 from ..errors import BackendUnavailableError, ConfigError, InputError
 from ..progress import Progress
 from . import fidelity as fid
 from .onnx_quant import StagePolicy, _group_of
-from .pipeline import (GROUP_MIN_SQNR_DB, PLOT_NAME, REPORT_NAME, STAGE_TARGETS, QuantizeResult, _OUT_KIND,
-                       _own_bundle, _summary, end_to_end, sensitivity, write_plot)
+from .pipeline import (write_quantized_bundle, GROUP_MIN_SQNR_DB, STAGE_TARGETS, QuantizeResult, _OUT_KIND,
+                       _own_bundle, _summary, end_to_end, sensitivity)
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +293,7 @@ def quantize_bundle(source, out, precision: Precision, *, calib: Optional[str] =
     t_start = time.perf_counter()
     p = Precision(precision)
     _check_options(calib_frames=calib_frames, holdout_frames=holdout_frames, objects=objects, max_samples=max_samples)
-    from ..outputs import StagedDir, check_dir
+    from ..outputs import check_dir
 
     out = check_dir(out, "--out", _own_bundle, _OUT_KIND)
     src = Path(source)
@@ -438,48 +435,29 @@ def quantize_bundle(source, out, precision: Precision, *, calib: Optional[str] =
         report["sizes"]["total"] = {k: sum(v[k] for v in report["sizes"].values()) for k in ("fp32_bytes", "bytes")}
         report = fid.rounded(report)
 
-        with StagedDir(out, "--out", _own_bundle, _OUT_KIND) as staged:
-            tmp = staged.path
-            for s in STAGES:
-                shutil.copyfile(qdir / f"{s}.pte", tmp / f"{s}.pte")
-            (tmp / REPORT_NAME).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-            report_files = [REPORT_NAME]
-            if write_plot(report, tmp / PLOT_NAME):
-                report_files.append(PLOT_NAME)
-            graphs = {}
-            for s in STAGES:
-                g = m32.graphs[s]
-                fpath = tmp / f"{s}.pte"
-                extra = {k: v for k, v in dict(g.extra).items() if k in ("format", "executorch_version", "io_dtype")}
-                extra.update(infos[s]["lowering"])
-                extra["precision"] = policies[s].to_dict()["precision"]
-                extra["quant_ops"] = infos[s]["quant_ops"]
-                extra["source_sha256"] = g.sha256
-                extra["quantization"] = {**policy_dict(policies[s]), "quantized_nodes": infos[s]["quantized_nodes"],
-                                         "float_nodes": infos[s]["float_nodes"],
-                                         "held_out": _summary(stages_report[s]["held_out"])}
-                graphs[s] = GraphEntry(s, f"{s}.pte", hash_graph(fpath), None, g.inputs, g.outputs,
-                                       bytes=fpath.stat().st_size, extra=fid.rounded(extra))
-            from ..export.bundle import library_versions
+        def extra_of(s: str, fpath: Path) -> dict:
+            g = m32.graphs[s]
+            extra = {k: v for k, v in dict(g.extra).items() if k in ("format", "executorch_version", "io_dtype")}
+            extra.update(infos[s]["lowering"])
+            extra["precision"] = policies[s].to_dict()["precision"]
+            extra["quant_ops"] = infos[s]["quant_ops"]
+            extra["source_sha256"] = g.sha256
+            extra["quantization"] = {**policy_dict(policies[s]), "quantized_nodes": infos[s]["quantized_nodes"],
+                                     "float_nodes": infos[s]["float_nodes"],
+                                     "held_out": _summary(stages_report[s]["held_out"])}
+            return extra
 
-            libraries = library_versions()
-            try:
-                from importlib.metadata import version
+        from ..export.bundle import library_versions
 
-                libraries["torchao"] = version("torchao")
-            except Exception:  # noqa: BLE001 - informational only
-                pass
-            manifest = replace(m32, root=None, precision=p, graphs=graphs,  # the report: hashed attachments
-                               attachments=tuple(DataFile(f, hash_graph(tmp / f)) for f in report_files),
-                               exporter={"name": "sam2-edge", "version": __version__,
-                                         "module": "sam2_edge.quantization.executorch_quant",
-                                         "source_precision": "fp32", "report": REPORT_NAME,
-                                         "seconds": round(time.perf_counter() - t_start, 2)},
-                               libraries=libraries,
-                               created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-            (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
-            load_manifest(tmp)  # what the loader will see: refuse to move a bundle it would refuse
-            final = staged.commit()
+        libraries = library_versions()
+        try:
+            from importlib.metadata import version
+
+            libraries["torchao"] = version("torchao")
+        except Exception:  # noqa: BLE001 - informational only
+            pass
+        final = write_quantized_bundle(out, m32, p, {s: qdir / f"{s}.pte" for s in STAGES}, extra_of, report,
+                                       "sam2_edge.quantization.executorch_quant", t_start, libraries=libraries)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("quantized executorch bundle %s (%s) in %.1f s", final, p.value, time.perf_counter() - t_start)

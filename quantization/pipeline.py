@@ -109,7 +109,7 @@ def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[s
                         ("max_samples", max_samples, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
-    from ..outputs import StagedDir, check_dir
+    from ..outputs import check_dir
 
     out = check_dir(out, "--out", _own_bundle, _OUT_KIND)
     src = Path(source)
@@ -228,43 +228,69 @@ def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[s
         report["sizes"]["total"] = {k: sum(v[k] for v in report["sizes"].values()) for k in ("fp32_bytes", "bytes")}
         report = fid.rounded(report)
 
-        with StagedDir(out, "--out", _own_bundle, _OUT_KIND) as staged:
-            tmp = staged.path
-            for s in STAGES:
-                shutil.copyfile(qdir / f"{s}.onnx", tmp / f"{s}.onnx")
-            (tmp / REPORT_NAME).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-            report_files = [REPORT_NAME]
-            if write_plot(report, tmp / PLOT_NAME):
-                report_files.append(PLOT_NAME)
-            graphs = {}
-            for s in STAGES:
-                g = m32.graphs[s]
-                fpath = tmp / f"{s}.onnx"
-                extra = {k: v for k, v in dict(g.extra).items() if k in ("opset", "exporter")}
-                extra.update(graph_info(fpath))
-                extra["source_sha256"] = g.sha256
-                extra["quantization"] = {**policies[s].to_dict(), "quantized_nodes": infos[s]["quantized_nodes"],
-                                         "float_nodes": infos[s]["float_nodes"],
-                                         "held_out": _summary(stages_report[s]["held_out"])}
-                graphs[s] = GraphEntry(s, f"{s}.onnx", hash_graph(fpath), None, g.inputs, g.outputs,
-                                       bytes=fpath.stat().st_size, extra=fid.rounded(extra))
-            from ..export.bundle import library_versions
+        def extra_of(s: str, fpath: Path) -> dict:
+            g = m32.graphs[s]
+            extra = {k: v for k, v in dict(g.extra).items() if k in ("opset", "exporter")}
+            extra.update(graph_info(fpath))
+            extra["source_sha256"] = g.sha256
+            extra["quantization"] = {**policies[s].to_dict(), "quantized_nodes": infos[s]["quantized_nodes"],
+                                     "float_nodes": infos[s]["float_nodes"],
+                                     "held_out": _summary(stages_report[s]["held_out"])}
+            return extra
 
-            manifest = replace(m32, root=None, precision=p, graphs=graphs,  # the report: hashed attachments
-                               attachments=tuple(DataFile(f, hash_graph(tmp / f)) for f in report_files),
-                               exporter={"name": "sam2-edge", "version": __version__,
-                                         "module": "sam2_edge.quantization.pipeline",
-                                         "source_precision": "fp32", "report": REPORT_NAME,
-                                         "seconds": round(time.perf_counter() - t_start, 2)},
-                               libraries=library_versions(),
-                               created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-            (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
-            load_manifest(tmp)  # what the loader will see: refuse to move a bundle it would refuse
-            final = staged.commit()
+        final = write_quantized_bundle(out, m32, p, {s: qdir / f"{s}.onnx" for s in STAGES}, extra_of, report,
+                                       "sam2_edge.quantization.pipeline", t_start)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("quantized bundle %s (%s) in %.1f s", final, p.value, time.perf_counter() - t_start)
     return QuantizeResult(final, report)
+
+
+def _graph_bytes(path: Path) -> int:
+    """Bytes of a graph file, or of every file of a graph folder (.mlpackage)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def write_quantized_bundle(out: Path, source, precision: Precision, graph_files: Mapping[str, Path], extra_of,
+                           report: dict, module: str, t_start: float, write_plot_fn=None,
+                           libraries: Optional[dict] = None) -> Path:
+    """The one way every format's quantised bundle is written: into a temporary sibling of `out`,
+    the stage graphs (files or .mlpackage folders) copied from `graph_files`, `quantization.json`
+    (+ the plot, `write_plot_fn(report, path) -> bool`) as hashed attachments, and the manifest
+    made from the source bundle's (`source`, a Manifest) with the new graphs -- each graph's
+    manifest `extra` is `extra_of(stage, path)` of the written copy -- through the contract,
+    checked with `load_manifest` as the loader will, then moved into place."""
+    from ..export.bundle import library_versions
+    from ..outputs import StagedDir
+
+    with StagedDir(out, "--out", _own_bundle, _OUT_KIND) as staged:
+        tmp = staged.path
+        graphs = {}
+        for s in STAGES:
+            src = Path(graph_files[s])
+            dst = tmp / src.name
+            (shutil.copytree if src.is_dir() else shutil.copyfile)(src, dst)
+        (tmp / REPORT_NAME).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        report_files = [REPORT_NAME]
+        if (write_plot_fn or write_plot)(report, tmp / PLOT_NAME):
+            report_files.append(PLOT_NAME)
+        for s in STAGES:
+            g = source.graphs[s]
+            path = tmp / Path(graph_files[s]).name
+            graphs[s] = GraphEntry(s, path.name, hash_graph(path), None, g.inputs, g.outputs,
+                                   bytes=_graph_bytes(path), extra=fid.rounded(extra_of(s, path)))
+        manifest = replace(source, root=None, precision=precision, graphs=graphs,  # the report: hashed attachments
+                           attachments=tuple(DataFile(f, hash_graph(tmp / f)) for f in report_files),
+                           exporter={"name": "sam2-edge", "version": __version__, "module": module,
+                                     "source_precision": Precision(source.precision).value, "report": REPORT_NAME,
+                                     "seconds": round(time.perf_counter() - t_start, 2)},
+                           libraries=libraries if libraries is not None else library_versions(),
+                           created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        load_manifest(tmp)  # what the loader will see: refuse to move a bundle it would refuse
+        return staged.commit()
 
 
 def _summary(r: Mapping) -> dict:
@@ -374,5 +400,5 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["quantize", "QuantizeResult", "check_precision", "sensitivity", "end_to_end", "format_report",
+__all__ = ["quantize", "QuantizeResult", "check_precision", "write_quantized_bundle", "sensitivity", "end_to_end", "format_report",
            "write_plot", "REPORT_NAME", "PLOT_NAME", "STAGE_TARGETS", "GROUP_MIN_SQNR_DB"]
