@@ -115,6 +115,7 @@ def main(argv=None) -> int:
 
     pred = _official(a.checkpoint, a.variant, a.image_size)
     state = pred.init_state(str(tmp))
+    state["cached_features"] = {}  # init_state encodes frame 0 ahead ("warm up"): encode it inside frame 0's time
     trackers = {}
     for m in modes[1:]:
         trackers[m] = Tracker.from_checkpoint(a.checkpoint, a.variant, image_size=a.image_size,

@@ -166,6 +166,8 @@ def test_no_argument_defaults_are_quick_and_stated():
     a = ns()
     assert bench_cli._apply_defaults(a) == {"frames": 12, "image_size": 512, "objects": "1", "warmup": 1,
                                             "prompt_repeats": 2}
+    a = ns(variant="sam2.1-repvit-256")  # the quick size never exceeds the variant's own
+    assert "image_size" not in bench_cli._apply_defaults(a) and a.image_size == 256
     a = ns(frames=20, image_size=1024, objects="1,3", warmup=2, prompt_repeats=3)  # the user asks for more
     assert bench_cli._apply_defaults(a) == {} and (a.image_size, a.frames) == (1024, 20)
     a = ns(checkpoint="x.pt")  # a real checkpoint: its own size, the full protocol

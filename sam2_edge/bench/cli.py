@@ -98,8 +98,16 @@ def _apply_defaults(a: argparse.Namespace) -> dict:
             setattr(a, name, q if quick else full)
             chosen[name] = getattr(a, name)
     if a.image_size is None and quick:
-        a.image_size = QUICK_IMAGE_SIZE
-        chosen["image_size"] = a.image_size
+        # the quick size, never above the variant's own (a 256-px student runs at 256)
+        from ..configs import get_config, list_variants
+
+        variant = getattr(a, "variant", None) or DEFAULT_VARIANT
+        own = get_config(variant).image_size if variant in list_variants() else QUICK_IMAGE_SIZE
+        if own < QUICK_IMAGE_SIZE:
+            a.image_size = own
+        else:
+            a.image_size = QUICK_IMAGE_SIZE
+            chosen["image_size"] = a.image_size
     return chosen
 
 
