@@ -227,8 +227,8 @@ def export_stage(module: torch.nn.Module, example_inputs: Tuple[torch.Tensor, ..
     fused = None
     if fuse_attention and precision == "fp32":
         fused = _fuse_attention(model, min_scores=fuse_min_scores)
-        log.info("%s: %d attention(s) fused into com.microsoft.MultiHeadAttention", type(module).__name__,
-                 len(fused.fused))
+        log.debug("%s: %d attention(s) fused into com.microsoft.MultiHeadAttention", type(module).__name__,
+                  len(fused.fused))
     if precision == "fp16":
         model = _to_fp16(model)
     _check_io(model, example_inputs, input_names, output_names)
