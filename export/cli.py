@@ -51,8 +51,6 @@ def _export(p: argparse.ArgumentParser):
         if a.precision is not None and Precision(a.precision).quantized:
             if run_quantize is None:
                 raise ConfigError("this installation has no sam2_edge.quantization; int8 bundles need it")
-            if a.sign:
-                raise ConfigError(f"--sign is not supported for {a.precision} bundles yet; sign fp32 / fp16 exports")
             return run_quantize(a, a.precision, False if a.no_progress else None)
 
         t0 = time.perf_counter()

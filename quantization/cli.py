@@ -32,7 +32,8 @@ def run_quantize(a: argparse.Namespace, precision: str, show_progress) -> int:
 
     r = quantize(a.checkpoint, a.out, precision, fmt=a.format, calib=a.calib, calib_frames=a.calib_frames,
                  holdout_frames=a.holdout_frames, objects=a.objects, analyze=a.analyze, variant=a.variant,
-                 image_size=a.image_size, cond_slots=a.cond_slots, show_progress=show_progress)
+                 image_size=a.image_size, cond_slots=a.cond_slots, show_progress=show_progress,
+                 sign_key=getattr(a, "sign", None))
     if a.format in FORMAT_FLOWS:  # a format's own flow formats its own report
         format_report = getattr(importlib.import_module(FORMAT_FLOWS[a.format], __package__), "format_report",
                                 format_report)
@@ -63,6 +64,9 @@ def _quantize(p: argparse.ArgumentParser):
     p.add_argument("--image-size", type=int, default=None, help="model input side S (default: the variant's)")
     p.add_argument("--cond-slots", type=int, default=2, help="conditioning frames per object (default 2)")
     add_quantize_args(p)
+    p.add_argument("--sign", metavar="KEY", default=None,
+                   help="sign the bundle with this Ed25519 private key (sam2-edge keygen); devices accept it with "
+                        "--trusted-key KEY.pub")
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

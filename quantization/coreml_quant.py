@@ -383,7 +383,8 @@ def _source_bundle(source: Path):
 def quantize_bundle(source, out, precision: Precision, *, calib=None, calib_frames: int = 16, holdout_frames: int = 8,
                     objects: int = 2, analyze: bool = False, variant: Optional[str] = None,
                     image_size: Optional[int] = None, cond_slots: int = 2, max_samples: int = 48,
-                    show_progress: Optional[bool] = None, threads: int = 0) -> QuantizeResult:
+                    show_progress: Optional[bool] = None, threads: int = 0,
+                    sign_key: Optional[str] = None) -> QuantizeResult:
     """Compress the weights of `source` (a checkpoint .pt, or an fp16 / fp32 CoreML bundle) to
     `precision` (int8 / palettize4 / palettize6 / palettize8) into the bundle folder `out`.
     The calibration options are accepted and unused (weight-only compression needs no data)."""
@@ -446,7 +447,8 @@ def quantize_bundle(source, out, precision: Precision, *, calib=None, calib_fram
             return extra
 
         final = write_quantized_bundle(out, m0, p, {s: qdir / f"{s}.mlpackage" for s in STAGES}, extra_of, report,
-                                       "sam2_edge.quantization.coreml_quant", t_start, write_plot_fn=write_plot)
+                                       "sam2_edge.quantization.coreml_quant", t_start, write_plot_fn=write_plot,
+                                       sign_key=sign_key)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["seconds"] = round(time.perf_counter() - t_start, 2)

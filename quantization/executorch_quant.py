@@ -287,7 +287,8 @@ def _check_source(src: Path, p: Precision) -> None:
 def quantize_bundle(source, out, precision: Precision, *, calib: Optional[str] = None, calib_frames: int = 16,
                     holdout_frames: int = 8, objects: int = 2, analyze: bool = False, variant: Optional[str] = None,
                     image_size: Optional[int] = None, cond_slots: int = 2, max_samples: int = 48,
-                    show_progress: Optional[bool] = None, threads: int = 0) -> QuantizeResult:
+                    show_progress: Optional[bool] = None, threads: int = 0,
+                    sign_key: Optional[str] = None) -> QuantizeResult:
     """Quantise checkpoint `source` to a `precision` (int8 / int8-dynamic) ExecuTorch bundle in
     `out`; called by `pipeline.quantize(fmt="executorch")` (which checked the precision)."""
     t_start = time.perf_counter()
@@ -457,7 +458,8 @@ def quantize_bundle(source, out, precision: Precision, *, calib: Optional[str] =
         except Exception:  # noqa: BLE001 - informational only
             pass
         final = write_quantized_bundle(out, m32, p, {s: qdir / f"{s}.pte" for s in STAGES}, extra_of, report,
-                                       "sam2_edge.quantization.executorch_quant", t_start, libraries=libraries)
+                                       "sam2_edge.quantization.executorch_quant", t_start, libraries=libraries,
+                                       sign_key=sign_key)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("quantized executorch bundle %s (%s) in %.1f s", final, p.value, time.perf_counter() - t_start)

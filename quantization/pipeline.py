@@ -92,19 +92,26 @@ def _source_bundle(source: Path):
 def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[str] = None, calib_frames: int = 16,
              holdout_frames: int = 8, objects: int = 2, analyze: bool = False, variant: Optional[str] = None,
              image_size: Optional[int] = None, cond_slots: int = 2, max_samples: int = 48,
-             show_progress: Optional[bool] = None, threads: int = 0) -> QuantizeResult:
+             show_progress: Optional[bool] = None, threads: int = 0, sign_key: Optional[str] = None) -> QuantizeResult:
     """Quantise `source` (a checkpoint .pt or an fp32 ONNX bundle folder) to a `precision`
     bundle in `out`. Returns the bundle path and the fidelity report (also in the bundle).
+    `sign_key` (an Ed25519 private key file, `sam2-edge keygen`): the bundle is signed
+    (manifest.sig), the key checked before any work.
     Each format's own flow lives in its module (`FORMAT_FLOWS`); this function is ONNX's."""
     t_start = time.perf_counter()
     p = check_precision(precision, fmt)
+    if sign_key is not None:
+        from ..contract.signing import load_private_key
+
+        load_private_key(sign_key)  # a wrong or unreadable key fails now, not after the work
     if fmt != "onnx":
         import importlib
 
         flow = getattr(importlib.import_module(FORMAT_FLOWS[fmt], __package__), "quantize_bundle")
         return flow(source, out, p, calib=calib, calib_frames=calib_frames, holdout_frames=holdout_frames,
                     objects=objects, analyze=analyze, variant=variant, image_size=image_size, cond_slots=cond_slots,
-                    max_samples=max_samples, show_progress=show_progress, threads=threads)
+                    max_samples=max_samples, show_progress=show_progress, threads=threads,
+                    sign_key=sign_key)
     for name, v, lo in (("calib_frames", calib_frames, 2), ("holdout_frames", holdout_frames, 1), ("objects", objects, 1),
                         ("max_samples", max_samples, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -239,7 +246,7 @@ def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[s
             return extra
 
         final = write_quantized_bundle(out, m32, p, {s: qdir / f"{s}.onnx" for s in STAGES}, extra_of, report,
-                                       "sam2_edge.quantization.pipeline", t_start)
+                                       "sam2_edge.quantization.pipeline", t_start, sign_key=sign_key)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("quantized bundle %s (%s) in %.1f s", final, p.value, time.perf_counter() - t_start)
@@ -255,13 +262,14 @@ def _graph_bytes(path: Path) -> int:
 
 def write_quantized_bundle(out: Path, source, precision: Precision, graph_files: Mapping[str, Path], extra_of,
                            report: dict, module: str, t_start: float, write_plot_fn=None,
-                           libraries: Optional[dict] = None) -> Path:
+                           libraries: Optional[dict] = None, sign_key: Optional[str] = None) -> Path:
     """The one way every format's quantised bundle is written: into a temporary sibling of `out`,
     the stage graphs (files or .mlpackage folders) copied from `graph_files`, `quantization.json`
     (+ the plot, `write_plot_fn(report, path) -> bool`) as hashed attachments, and the manifest
     made from the source bundle's (`source`, a Manifest) with the new graphs -- each graph's
     manifest `extra` is `extra_of(stage, path)` of the written copy -- through the contract,
-    checked with `load_manifest` as the loader will, then moved into place."""
+    checked with `load_manifest` as the loader will, signed with `sign_key` (manifest.sig over the
+    exact manifest bytes, which hold every file's sha256) when given, then moved into place."""
     from ..export.bundle import library_versions
     from ..outputs import StagedDir
 
@@ -288,8 +296,14 @@ def write_quantized_bundle(out: Path, source, precision: Precision, graph_files:
                                      "seconds": round(time.perf_counter() - t_start, 2)},
                            libraries=libraries if libraries is not None else library_versions(),
                            created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        manifest_bytes = manifest.to_json().encode("utf-8")
+        (tmp / MANIFEST_NAME).write_bytes(manifest_bytes)
         load_manifest(tmp)  # what the loader will see: refuse to move a bundle it would refuse
+        if sign_key is not None:
+            from ..contract.bundle_dir import SIGNATURE_NAME
+            from ..contract.signing import sign_manifest
+
+            (tmp / SIGNATURE_NAME).write_bytes(sign_manifest(manifest_bytes, sign_key))
         return staged.commit()
 
 

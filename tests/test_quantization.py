@@ -112,9 +112,15 @@ def test_sensitivity_analysis_has_rows_per_stage(int8):
 def test_int8_dynamic_through_export_cli(fp32, tmp_path, capsys):
     from sam2_edge.cli import main
 
+    from sam2_edge.contract.signing import generate_key
+
+    (tmp_path / "keys").mkdir()
+    keys = generate_key(tmp_path / "keys" / "alice")  # a quantized bundle is signed like an export
+    other = generate_key(tmp_path / "keys" / "mallory")
     out = tmp_path / "micro-dyn"
     assert main(["export", "--checkpoint", str(fp32), "--format", "onnx", "--precision", "int8-dynamic",
-                 "--out", str(out), "--calib-frames", "6", "--holdout-frames", "3", "--no-progress"]) == 0
+                 "--out", str(out), "--calib-frames", "6", "--holdout-frames", "3", "--no-progress",
+                 "--sign", str(keys["private"])]) == 0
     assert "end to end" in capsys.readouterr().out
     from sam2_edge.quantization.pipeline import QuantizeResult
 
@@ -122,6 +128,18 @@ def test_int8_dynamic_through_export_cli(fp32, tmp_path, capsys):
     _check_report(QuantizeResult(out, rep), "int8-dynamic")
     m = _check_bundle(out, "int8-dynamic")
     assert m.graphs["image_encoder"].extra["quant_ops"].get("DynamicQuantizeLinear", 0) > 0
+    from sam2_edge.errors import Sam2EdgeError
+    from sam2_edge.runtimes.bundle_backends import open_bundle
+
+    assert open_bundle(str(out), trusted_keys=[keys["public"]], threads=1).spec.image_size == 256
+    with pytest.raises(Sam2EdgeError, match="sign"):
+        open_bundle(str(out), trusted_keys=[other["public"]], require_signature=True)
+    # a bad key fails before any work, and leaves nothing
+    bad = tmp_path / "not-a-key"
+    bad.write_text("nope")
+    assert main(["quantize", "--checkpoint", str(fp32), "--precision", "int8", "--out", str(tmp_path / "x"),
+                 "--sign", str(bad)]) == 2
+    assert not (tmp_path / "x").exists()
 
 
 def test_bad_inputs_are_typed_and_leave_nothing(fp32, int8, tmp_path):
