@@ -15,10 +15,11 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from ..contract import (FORMATS, MANIFEST_NAME, SCHEMA_VERSION, STAGES, DataFile
                         Preprocessing, hash_graph, sha256_file)
 from ..contract.bundle_dir import SIGNATURE_NAME
 from ..contract.examples import example_inputs
+from ..contract.spec import obj_batches_problem
 from ..contract.signing import load_private_key, sign_manifest
 from ..errors import BackendUnavailableError, ConfigError
 from ..progress import Progress
@@ -79,8 +81,11 @@ def _prepare_out_dir(out: Path) -> None:
 
 def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: Optional[str] = None,
                   image_size: Optional[int] = None, precision: Optional[str] = None, cond_slots: int = 2,
-                  show_progress: Optional[bool] = None, sign_key: Optional[str] = None) -> Path:
-    """Export the four stages of `checkpoint` as a `format` bundle into `out_dir`.
+                  show_progress: Optional[bool] = None, sign_key: Optional[str] = None,
+                  obj_batches: Sequence[int] = (1,)) -> Path:
+    """Export the four stages of `checkpoint` as a `format` bundle into `out_dir`, and for each
+    object batch B > 1 of `obj_batches` (e.g. (1, 2, 4)) the per-object stages again for B objects
+    (graphs "<stage>@<B>"), so the tracker runs a frame's objects in few calls.
 
     The bundle is written to a temporary folder next to `out_dir` and moved into place
     when complete, so `out_dir` never holds a half-written bundle (an older bundle there
@@ -91,6 +96,10 @@ def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: 
     precision = FORMATS[format].default_precision if precision is None else Precision.parse(precision, format)
     if isinstance(cond_slots, bool) or not isinstance(cond_slots, int) or not 1 <= cond_slots <= 64:
         raise ConfigError(f"cond_slots must be an integer 1..64 (conditioning frames kept), got {cond_slots!r}")
+    obj_batches = tuple(obj_batches) if isinstance(obj_batches, (list, tuple)) else obj_batches
+    problem = obj_batches_problem(obj_batches)
+    if problem:
+        raise ConfigError(f"{problem} (object batch sizes to export graphs for, e.g. 1,2,4)")
     if sign_key is not None:
         load_private_key(sign_key)  # a wrong or unreadable key fails now, not after the export
     out = Path(out_dir)
@@ -107,8 +116,9 @@ def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: 
 
     t_start = time.perf_counter()
     model, cfg = load_checkpoint(checkpoint, variant, image_size)
-    spec = tracker_spec(model, cond_slots)
-    io = spec.io()
+    spec = replace(tracker_spec(model, cond_slots), obj_batches=obj_batches)
+    io = spec.graph_io()
+    keys = spec.graph_keys()
     stages = dict(zip(STAGES, build_stages(model)))
     suffix = FORMATS[format].suffix
 
@@ -120,12 +130,13 @@ def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: 
         graphs = {}
         from ..quiet import quiet  # the exporters' third-party logging / warnings, restored after (-v: all)
 
-        with quiet(), Progress(len(STAGES), f"export {cfg.name} -> {format} {precision.value}",
+        with quiet(), Progress(len(keys), f"export {cfg.name} -> {format} {precision.value}",
                                enabled=show_progress) as bar:
-            for stage in STAGES:
-                ins, outs = io[stage]
-                args = tuple(torch.from_numpy(a) for a in example_inputs(spec, stage))
-                fname = stage + suffix
+            for key in keys:
+                ins, outs = io[key]
+                args = tuple(torch.from_numpy(a) for a in example_inputs(spec, key))
+                stage, batch = spec.parse_key(key)
+                fname = (stage if batch == 1 else f"{stage}.b{batch}") + suffix
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     extra = exporter.export_stage(stages[stage], args, [t.name for t in ins], [t.name for t in outs],
@@ -134,11 +145,11 @@ def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: 
                 extra["export_seconds"] = round(time.perf_counter() - t0, 2)
                 data_names = list(extra.pop("data_files", []) or [])
                 path = tmp / fname
-                graphs[stage] = GraphEntry(
-                    stage, fname, hash_graph(path), None, ins, outs,
+                graphs[key] = GraphEntry(
+                    key, fname, hash_graph(path), None, ins, outs,
                     bytes=_size(path) + sum(_size(tmp / d) for d in data_names),
                     data_files=tuple(DataFile(d, hash_graph(tmp / d)) for d in data_names), extra=_jsonable(extra))
-                bar.update(1, stage)
+                bar.update(1, key)
         manifest = Manifest(
             root=None, schema_version=SCHEMA_VERSION, format=format, precision=precision, variant=cfg.name,
             model_config=cfg.to_dict(), spec=spec, graphs=graphs, preprocessing=Preprocessing(spec.image_size),

@@ -10,6 +10,7 @@ import time
 
 from ..cli import subcommand
 from ..contract import FORMATS, Precision
+from ..contract.spec import obj_batches_problem
 from ..errors import ConfigError
 
 
@@ -33,6 +34,11 @@ def _export(p: argparse.ArgumentParser):
     p.add_argument("--sign", metavar="KEY", default=None,
                    help="Ed25519 private key (from `sam2-edge keygen KEY`): writes manifest.sig, so a tracker "
                         "given KEY.pub as a trusted key accepts this bundle")
+    p.add_argument("--obj-batches", default="1", metavar="B,B,...",
+                   help="object batch sizes to export the per-object stages for, e.g. 1,2,4: a frame with N "
+                        "objects then runs N split into these batches (7 -> 4+2+1), one call per stage each, "
+                        "instead of N calls; each size > 1 adds a copy of the three per-object graphs "
+                        "(default 1: one object per call)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     try:  # int8 / int8-dynamic: sam2_edge.quantization (calibration options shared with `sam2-edge quantize`)
         from ..quantization.cli import add_quantize_args, run_quantize
@@ -48,7 +54,11 @@ def _export(p: argparse.ArgumentParser):
         from ..contract import load_manifest
         from .bundle import export_bundle
 
+        batches = parse_obj_batches(a.obj_batches)
         if a.precision is not None and Precision(a.precision).quantized:
+            if batches != (1,):
+                raise ConfigError(f"--obj-batches {a.obj_batches}: quantized bundles hold the batch-1 graphs only; "
+                                  "drop --obj-batches or export --precision fp32 / fp16")
             if run_quantize is None:
                 raise ConfigError("this installation has no sam2_edge.quantization; int8 bundles need it")
             return run_quantize(a, a.precision, False if a.no_progress else None)
@@ -56,19 +66,31 @@ def _export(p: argparse.ArgumentParser):
         t0 = time.perf_counter()
         signing = {"sign_key": a.sign} if a.sign else {}
         out = export_bundle(a.checkpoint, a.out, format=a.format, variant=a.variant, image_size=a.image_size,
-                            precision=a.precision, cond_slots=a.cond_slots,
+                            precision=a.precision, cond_slots=a.cond_slots, obj_batches=batches,
                             show_progress=False if a.no_progress else None, **signing)
         seconds = time.perf_counter() - t0
         m = load_manifest(out)
         total = 0
         print(f"bundle   {out}  ({m.format}, {m.precision}, {m.variant}, S={m.spec.image_size}, "
-              f"cond_slots={m.spec.cond_slots})")
+              f"cond_slots={m.spec.cond_slots}, obj_batches={','.join(map(str, m.spec.obj_batches))})")
         for stage, g in m.graphs.items():
             total += g.bytes
-            print(f"  {stage:17s} {g.file:28s} {g.bytes / 1e6:9.2f} MB  sha256 {g.sha256[:16]}…")
+            print(f"  {stage:19s} {g.file:28s} {g.bytes / 1e6:9.2f} MB  sha256 {g.sha256[:16]}…")
         print(f"total    {total / 1e6:.2f} MB in {seconds:.1f} s")
         return 0
     return run
+
+
+def parse_obj_batches(text: str) -> tuple:
+    """"1,2,4" -> (1, 2, 4), checked by the contract; ConfigError naming the form otherwise."""
+    try:
+        batches = tuple(int(x) for x in str(text).split(","))
+    except ValueError:
+        raise ConfigError(f"--obj-batches {text!r:.40} must be comma-separated integers, e.g. 1,2,4") from None
+    problem = obj_batches_problem(batches)
+    if problem:
+        raise ConfigError(f"--obj-batches {text!r:.40}: {problem}")
+    return batches
 
 
 @subcommand("keygen")

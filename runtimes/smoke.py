@@ -85,7 +85,7 @@ def _child(root: str, backend: str, options: dict, manifest_sha256: str) -> None
         raise BundleError(f"the manifest of {root} changed while it was being opened; do not use this bundle")
     cls, _ = _backend_class(backend)
     be = cls(bundle.manifest.spec, bundle.graphs, **options)
-    io = bundle.manifest.spec.io()
+    io = bundle.manifest.spec.graph_io()  # every graph, the batched ones too
     for stage in io:
         outs = be.run(stage, example_inputs(bundle.manifest.spec, stage))
         exp = io[stage][1]

@@ -22,7 +22,7 @@ from . import preprocess
 from .backends.base import Backend
 from .memory import ObjectMemory, round_bf16
 from ..contract import LABEL_ABSENT, LABEL_NOT_A_POINT, MASK_FULL_BINARY, MASK_LOWRES_LOGITS, MASK_NONE, TrackerSpec
-from ..contract.spec import spec_problem
+from ..contract.spec import graph_key, spec_problem
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class Tracker:
         self._zeros_full = np.zeros((1, 1, s.image_size, s.image_size), np.float32)
         self._zeros_low = np.zeros((1, 1, s.lowres, s.lowres), np.float32)
         self._timings = StageTimings()
+        self._no_prompt: Dict[int, Tuple[np.ndarray, ...]] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -168,6 +169,7 @@ class Tracker:
     def memory_bytes(self) -> int:
         """Bytes held by the tracker's buffers (constant once the objects' rings exist)."""
         n = self._image.nbytes + self._zeros_full.nbytes + self._zeros_low.nbytes
+        n += sum(a.nbytes for inputs in self._no_prompt.values() for a in inputs)
         if self._frame is not None:
             f = self._frame
             n += f.feat_s0.nbytes + f.feat_s1.nbytes + f.vision_feats.nbytes + f.vision_pos.nbytes
@@ -205,8 +207,7 @@ class Tracker:
             raise StateError("track() needs at least one object: call add_prompt(frame, obj_id, ...) first")
         t0 = self._start()
         self._new_frame(frame)
-        for obj in self._objects.values():
-            self._track_object(obj)
+        self._track_objects(list(self._objects.values()))
         return self._result(t0)
 
     def add_prompt(self, frame: Optional[np.ndarray], obj_id: int, points=None, labels=None, box=None,
@@ -237,9 +238,7 @@ class Tracker:
             self._objects[obj_id] = obj
         self._prompt_object(obj, prompt)
         if frame is not None:
-            for other in self._objects.values():
-                if other is not obj:
-                    self._track_object(other)
+            self._track_objects([other for other in self._objects.values() if other is not obj])
         return self._result(t0)
 
     # ------------------------------------------------------------------ validation
@@ -285,25 +284,39 @@ class Tracker:
         self._timings = StageTimings()
         return time.perf_counter()
 
-    def _run(self, stage: str, inputs):
+    def _run(self, stage: str, inputs, batch: int = 1):
+        """Run `stage`'s graph for a batch of `batch` objects (per-object stages only)."""
         t = time.perf_counter()
-        out = self.backend.run(stage, inputs)
+        out = self.backend.run(graph_key(stage, batch), inputs)
         setattr(self._timings, stage, getattr(self._timings, stage) + (time.perf_counter() - t) * 1e3)
+        return out
+
+    def _batches(self, objs: List[ObjectState]) -> List[List[ObjectState]]:
+        """`objs` split into the object batches the backend runs in one call each."""
+        out, i = [], 0
+        for b in self.backend.object_batches(len(objs)):
+            out.append(objs[i:i + b])
+            i += b
+        assert i == len(objs), "object_batches must cover every object"
         return out
 
     def _flush_memories(self) -> None:
         """Encode the memory of each object's output on the current frame (the official code
-        does this when tracking moves on), then commit it to the object's ring."""
+        does this when tracking moves on), then commit it to the object's ring. All objects
+        of a batch in one memory-encoder call."""
         if self._frame is None:
             return
-        for obj in self._objects.values():
-            cur = obj.current
-            if cur is None or cur.mem_encoded or cur.frame != self._frame.index:
-                continue
-            (maskmem,) = self._run("memory_encoder", (self._frame.vision_feats, cur.low_res, cur.obj_score,
-                                                      np.array([int(cur.binarize)], np.int32)))
-            obj.memory.commit(cur.frame, round_bf16(maskmem[0]), cur.obj_ptr[0], cur.is_cond)
-            cur.mem_encoded = True
+        todo = [o for o in self._objects.values()
+                if o.current is not None and not o.current.mem_encoded and o.current.frame == self._frame.index]
+        for group in self._batches(todo):
+            cur = [o.current for o in group]
+            (maskmem,) = self._run("memory_encoder", (  # [B, 1, S/4, S/4] masks -> [B, *frame] memories
+                self._frame.vision_feats, np.concatenate([c.low_res for c in cur]),
+                np.concatenate([c.obj_score for c in cur]), np.array([int(c.binarize) for c in cur], np.int32)),
+                len(group))
+            for r, (obj, c) in enumerate(zip(group, cur)):
+                obj.memory.commit(c.frame, round_bf16(maskmem[r]), c.obj_ptr[0], c.is_cond)
+                c.mem_encoded = True
 
     def _new_frame(self, frame: np.ndarray) -> None:
         self._flush_memories()
@@ -336,24 +349,47 @@ class Tracker:
 
     def _decode(self, pix_feat, coords, labels, mask_mode: int, mask_low, mask_full, multimask: bool,
                 ptr_gate: float, add_no_mem: bool):
+        """One object's mask decoder call with a prompt (batch 1)."""
         f = self._frame
         pc, pl = self._points_input(coords, labels)
         return self._run("mask_decoder", (pix_feat, f.feat_s0, f.feat_s1, pc, pl, mask_low, mask_full,
                                           np.array([mask_mode], np.int32), np.array([int(multimask)], np.int32),
                                           np.array([ptr_gate], np.float32), np.array([int(add_no_mem)], np.int32)))
 
-    def _memory_attention(self, obj: ObjectState) -> np.ndarray:
+    def _memory_attention(self, objs: List[ObjectState]) -> np.ndarray:
+        """Memory-conditioned features of a batch of objects: [B, C, f, f]."""
         f = self._frame
-        inp = obj.memory.fill_inputs(f.index)
-        (pix,) = self._run("memory_attention", (f.vision_feats, f.vision_pos, obj.memory.memory, inp.mem_tpos,
-                                                inp.mem_valid, obj.memory.ptrs, inp.ptr_dist, inp.ptr_valid))
+        fills = [o.memory.fill_inputs(f.index) for o in objs]
+        cat = np.concatenate
+        (pix,) = self._run("memory_attention", (
+            f.vision_feats, f.vision_pos, cat([o.memory.memory for o in objs]),  # [B, M, *frame]
+            cat([i.mem_tpos for i in fills]), cat([i.mem_valid for i in fills]),  # [B, M]
+            cat([o.memory.ptrs for o in objs]),  # [B, P, C]
+            cat([i.ptr_dist for i in fills]), cat([i.ptr_valid for i in fills])), len(objs))  # [B, P]
         return pix
 
-    def _track_object(self, obj: ObjectState) -> None:
-        pix = self._memory_attention(obj)
-        low, _, ptr, score = self._decode(pix, None, None, MASK_NONE, self._zeros_low, self._zeros_full,
-                                          True, 1.0, False)
-        obj.current = FrameOutput(self._frame.index, low, score, ptr, is_cond=False, binarize=False)
+    def _tracking_prompt(self, b: int):
+        """The mask decoder's prompt inputs of `b` objects tracked without a prompt (cached per b)."""
+        cached = self._no_prompt.get(b)
+        if cached is None:
+            pc, pl = self._points_input(None, None)
+            s = self.spec
+            cached = (np.repeat(pc, b, 0), np.repeat(pl, b, 0), np.zeros((b, 1, s.lowres, s.lowres), np.float32),
+                      np.zeros((b, 1, s.image_size, s.image_size), np.float32), np.full(b, MASK_NONE, np.int32),
+                      np.ones(b, np.int32), np.ones(b, np.float32), np.zeros(b, np.int32))
+            self._no_prompt[b] = cached
+        return cached
+
+    def _track_objects(self, objs: List[ObjectState]) -> None:
+        """Track `objs` on the current frame from their memories, a batch of objects per call."""
+        f = self._frame
+        for group in self._batches(objs):
+            b = len(group)
+            pix = self._memory_attention(group)  # [B, C, f, f]
+            low, _, ptr, score = self._run("mask_decoder", (pix, f.feat_s0, f.feat_s1) + self._tracking_prompt(b), b)
+            for r, obj in enumerate(group):  # [B, ...] -> each object's [1, ...]
+                obj.current = FrameOutput(f.index, low[r:r + 1], score[r:r + 1], ptr[r:r + 1], is_cond=False,
+                                          binarize=False)
 
     def _prompt_object(self, obj: ObjectState, prompt) -> None:
         f = self._frame
@@ -377,7 +413,7 @@ class Tracker:
             mask_mode, mask_low = MASK_LOWRES_LOGITS, np.clip(prev.low_res, -32.0, 32.0)
         else:
             mask_mode, mask_low = MASK_NONE, self._zeros_low
-        pix = f.vision_feats if is_cond else self._memory_attention(obj)
+        pix = f.vision_feats if is_cond else self._memory_attention([obj])
         multimask = coords.shape[0] <= 1
         low, _, ptr, score = self._decode(pix, coords, labels, mask_mode, mask_low, self._zeros_full,
                                           multimask, 1.0, is_cond)

@@ -41,6 +41,8 @@ class MemoryAttentionStage(nn.Module):
 
     def forward(self, vision_feats: Tensor, vision_pos: Tensor, memory: Tensor, mem_tpos: Tensor,
                 mem_valid: Tensor, obj_ptrs: Tensor, ptr_dist: Tensor, ptr_valid: Tensor) -> Tensor:
+        # the frame's features [1, C, h, w] are shared by the B objects of memory [B, M, ...]
+        vision_feats = vision_feats.expand(memory.shape[0], -1, -1, -1)  # [1, C, h, w] -> [B, C, h, w]
         return self.model.condition_on_memory(vision_feats, vision_pos, memory, mem_tpos.long(),
                                               mem_valid > 0.5, obj_ptrs, ptr_dist, ptr_valid > 0.5)
 
@@ -52,6 +54,7 @@ class MemoryAttentionStage(nn.Module):
         does no work for absent slots. Equal to `forward` on the full slots up to float
         summation order (an absent slot's softmax weight is exactly 0 there)."""
         b, m = memory.shape[:2]
+        vision_feats = vision_feats.expand(b, -1, -1, -1)  # [1, C, h, w] -> [B, C, h, w]
         ones_m = torch.ones(b, m, dtype=torch.bool, device=memory.device)
         ones_p = torch.ones(b, obj_ptrs.shape[1], dtype=torch.bool, device=memory.device)
         return self.model.condition_on_memory(vision_feats, vision_pos, memory, mem_tpos.long(), ones_m,
@@ -71,10 +74,13 @@ class MaskDecoderStage(nn.Module):
                 point_labels: Tensor, mask_lowres: Tensor, mask_full: Tensor, mask_mode: Tensor,
                 multimask: Tensor, ptr_gate: Tensor, add_no_mem: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         m = self.model
+        b = pix_feat.shape[0]  # objects; the frame's high-res features [1, ...] are shared
+        feat_s0 = feat_s0.expand(b, -1, -1, -1)  # [1, C/8, 4f, 4f] -> [B, C/8, 4f, 4f]
+        feat_s1 = feat_s1.expand(b, -1, -1, -1)  # [1, C/4, 2f, 2f] -> [B, C/4, 2f, 2f]
         # frames without memory (initial conditioning frames) add no_mem_embed to level 2
         pix_feat = pix_feat + (add_no_mem != 0).float()[:, None, None, None] * m.no_mem_embed.reshape(1, -1, 1, 1)
         full = (mask_mode == MASK_FULL_BINARY)[:, None, None, None]
-        mask = torch.where(full, m.mask_downsample(mask_full), mask_lowres)  # [1, 1, S/4, S/4]
+        mask = torch.where(full, m.mask_downsample(mask_full), mask_lowres)  # [B, 1, S/4, S/4]
         out = m.heads(pix_feat, feat_s0, feat_s1, point_coords, point_labels.long(), mask,
                       mask_mode != MASK_NONE, multimask != 0)
         ptr = m.gate_pointer(out.obj_ptr, (ptr_gate > 0.5)[:, None])
@@ -87,6 +93,7 @@ class MemoryEncoderStage(nn.Module):
         self.model = model
 
     def forward(self, vision_feats: Tensor, low_res: Tensor, obj_score: Tensor, binarize: Tensor) -> Tensor:
+        vision_feats = vision_feats.expand(low_res.shape[0], -1, -1, -1)  # [1, C, f, f] -> [B, C, f, f]
         return self.model.encode_memory(vision_feats, low_res, obj_score, binarize != 0)
 
 

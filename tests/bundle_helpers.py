@@ -11,7 +11,7 @@ from typing import Dict, Optional
 
 import numpy as np
 from sam2_edge.contract import FORMATS, SCHEMA_VERSION, hash_graph, tensor_to_dict
-from sam2_edge.contract import STAGES, TrackerSpec
+from sam2_edge.contract import TrackerSpec
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO_CKPT = REPO / "tests" / "fixtures" / "micro" / "sam2.1_hiera_micro_seed14.fp16.pt"
@@ -22,15 +22,21 @@ MICRO_SPEC = TrackerSpec(image_size=256, d_model=64, mem_dim=16, num_maskmem=7, 
 _CACHE: Dict[str, Path] = {}
 
 
+# object batches of the shared micro bundles: the golden scenarios' 2 and 3 objects then run
+# through the batch-2 graphs (3 = 2 + 1), so every golden test checks the batched graphs too
+OBJ_BATCHES = (1, 2)
+
+
 def micro_onnx_bundle(tmp_path_factory, precision: str = "fp32") -> Path:
-    """The micro checkpoint exported as an ONNX bundle, once per session (read-only use:
-    copy it before altering anything)."""
+    """The micro checkpoint exported as an ONNX bundle (fp32: with the batch-2 graphs), once per
+    session (read-only use: copy it before altering anything)."""
     key = f"onnx-{precision}"
     if key not in _CACHE:
         from sam2_edge.export import export_bundle
 
         out = tmp_path_factory.mktemp("bundles") / f"micro-{key}"
-        export_bundle(str(MICRO_CKPT), str(out), format="onnx", precision=precision, show_progress=False)
+        export_bundle(str(MICRO_CKPT), str(out), format="onnx", precision=precision, show_progress=False,
+                      obj_batches=OBJ_BATCHES if precision == "fp32" else (1,))
         _CACHE[key] = out
     return _CACHE[key]
 
@@ -41,7 +47,7 @@ def micro_pte_bundle(tmp_path_factory) -> Path:
         from sam2_edge.export import export_bundle
 
         out = tmp_path_factory.mktemp("bundles") / "micro-pte"
-        export_bundle(str(MICRO_CKPT), str(out), format="executorch", show_progress=False)
+        export_bundle(str(MICRO_CKPT), str(out), format="executorch", show_progress=False, obj_batches=OBJ_BATCHES)
         _CACHE["pte"] = out
     return _CACHE["pte"]
 
@@ -56,10 +62,10 @@ def make_fake_bundle(root: Path, fmt: str = "onnx", spec: Optional[TrackerSpec] 
     complete and consistent: for testing validation without torch or a runtime."""
     spec = spec or MICRO_SPEC
     root.mkdir(parents=True, exist_ok=True)
-    io = spec.io()
+    io = spec.graph_io()
     graphs = {}
-    for i, stage in enumerate(STAGES):
-        name = stage + FORMATS[fmt].suffix
+    for i, stage in enumerate(spec.graph_keys()):
+        name = stage.replace("@", ".b") + FORMATS[fmt].suffix
         p = root / name
         if fmt == "coreml":  # an .mlpackage is a folder
             (p / "Data" / "com.apple.CoreML").mkdir(parents=True)

@@ -75,3 +75,20 @@ def test_no_drift_over_200_frames(et_bundle, torch_tracker):
           f"coverage {coverage:.2f}")
     assert 0.02 < coverage < 0.98
     assert diffs.max() <= DRIFT_MAX_DIFF
+
+
+def test_batched_graphs_equal_per_object_calls(et_bundle):
+    """The .pte bundle's batch-2 programs (OBJ_BATCHES in bundle_helpers) give the logits of one
+    object per call: 3 objects run as 2 + 1, tolerances of test_object_batches.py."""
+    from test_object_batches import BUNDLE_ATOL, BUNDLE_RTOL, PerObject, assert_same_runs
+
+    from sam2_edge.runtimes.bundle_backends import open_bundle
+
+    inner = open_bundle(et_bundle)
+    assert inner.spec.obj_batches == (1, 2)
+    batched = PerObject(inner, batched=True)
+    run_b = run_scenario(Tracker(batched), MICRO_STREAM, "stream_late_object")
+    run_1 = run_scenario(Tracker(PerObject(inner)), MICRO_STREAM, "stream_late_object")
+    worst = assert_same_runs(run_b, run_1, BUNDLE_ATOL, BUNDLE_RTOL)
+    print(f"\n[executorch] late_object: batch-2 programs vs per object max |d| {worst:.2e}")
+    assert {"memory_attention@2", "mask_decoder@2", "memory_encoder@2"} <= set(batched.keys)

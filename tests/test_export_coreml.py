@@ -79,7 +79,7 @@ def _assert_program_is_valid(spec, path: Path, stage: str) -> dict:
     assert mspec.specificationVersion == SPECIFICATION_VERSION  # iOS 17 / macOS 14
     assert mspec.mlProgram.functions["main"].opset == OPSET
     io = describe_io(mspec)
-    ins, outs = spec.io()[stage]
+    ins, outs = spec.graph_io()[stage]
     assert io["inputs"] == [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in ins]
     assert io["outputs"] == [{"name": t.name, "shape": list(t.shape), "dtype": "float32"} for t in outs]
     ops = program_ops(mspec)
@@ -196,3 +196,54 @@ def test_tiny_export_coreml(tmp_path, precision):
               f"({i['export_cpu_seconds']:.1f} s CPU)")
         _assert_program_is_valid(spec, tmp_path / f"{stage}.mlpackage", stage)
     print(f"  total {sum(i['bytes'] for i in infos.values()) / 1e6:.1f} MB")
+
+
+@pytest.fixture(scope="module")
+def coreml_batch2(micro_cases, tmp_path_factory):
+    """The three per-object stages converted for a batch of 2 objects ("<stage>@2" graphs)."""
+    from dataclasses import replace
+
+    from sam2_edge.contract.examples import example_inputs
+    from sam2_edge.export.coreml_export import export_stage
+
+    spec, stages, _ = micro_cases
+    spec = replace(spec, obj_batches=(1, 2))
+    out = tmp_path_factory.mktemp("coreml_batch2")
+    io = spec.graph_io()
+    files = {}
+    for key in spec.graph_keys()[4:]:
+        ins, outs = io[key]
+        example = tuple(torch.from_numpy(a) for a in example_inputs(spec, key, seed=3))
+        files[key] = out / f"{key.replace('@', '.b')}.mlpackage"
+        export_stage(stages[spec.parse_key(key)[0]], example, [t.name for t in ins], [t.name for t in outs],
+                     files[key], "fp16")
+    return spec, stages, files
+
+
+def test_batched_programs_are_valid(coreml_batch2):
+    """Batch-2 programs: the contract's batched io (per-object inputs with 2 rows, the frame's
+    features batch 1), static shapes, no unsupported ops or control flow."""
+    spec, _, files = coreml_batch2
+    assert sorted(files) == ["mask_decoder@2", "memory_attention@2", "memory_encoder@2"]
+    for key, path in files.items():
+        _assert_program_is_valid(spec, path, key)
+
+
+@pytest.mark.macos
+@macos_only
+def test_batched_parity_macos(coreml_batch2):
+    """Each row of a batch-2 program == the eager stage on that object (fp16 tolerance)."""
+    from sam2_edge.contract.examples import example_inputs
+
+    spec, stages, files = coreml_batch2
+    for key, path in files.items():
+        stage = spec.parse_key(key)[0]
+        ins, outs = spec.graph_io()[key]
+        x = example_inputs(spec, key, seed=4)
+        got = ct.models.MLModel(str(path)).predict({t.name: a for t, a in zip(ins, x)})
+        with torch.no_grad():
+            ref = stages[stage](*[torch.from_numpy(a) for a in x])
+        ref = ref if isinstance(ref, tuple) else (ref,)
+        for t, r in zip(outs, ref):
+            r = r.numpy()
+            assert np.abs(got[t.name] - r).max() <= 2e-2 * max(1.0, float(np.abs(r).max())), (key, t.name)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -122,7 +123,7 @@ def rel_diff(actual: np.ndarray, ref: np.ndarray) -> Tuple[float, float]:
 
 
 def compare_outputs(stage, spec: TrackerSpec, got, ref, what: str, worst: Dict[str, List[float]]) -> None:
-    _, outs = spec.io()[stage]
+    _, outs = spec.graph_io()[stage]
     assert len(got) == len(ref) == len(outs)
     for t, g, r in zip(outs, got, ref):
         assert g.shape == t.shape and g.dtype == np.float32, (stage, t.name, g.shape, g.dtype)
@@ -165,7 +166,7 @@ def test_manifest_records_everything(bundle):
     assert raw["schema_version"] == 1 and m.format == "onnx" and m.precision == "fp32"
     assert m.variant == "micro" and raw["model_config"] == json.loads(json.dumps(get_config("micro").to_dict()))
     assert raw["spec"] == {"image_size": 256, "d_model": 64, "mem_dim": 16, "num_maskmem": 7, "cond_slots": 2,
-                           "ptr_recent": 15, "max_clicks": 16}
+                           "ptr_recent": 15, "max_clicks": 16, "obj_batches": [1, 2]}  # bundle_helpers.OBJ_BATCHES
     assert m.checkpoint_sha256 == MICRO_CKPT_SHA256
     assert raw["checkpoint"]["file"] == MICRO_CKPT.name
     pre = raw["preprocessing"]
@@ -211,7 +212,7 @@ def _decoder_variants(spec: TrackerSpec, seed: int):
 
 def test_stages_match_torch_random_inputs(ort_backend, torch_backend):
     spec = ort_backend.spec
-    assert spec == torch_backend.spec
+    assert spec == replace(torch_backend.spec, obj_batches=spec.obj_batches)
     worst: Dict[str, List[float]] = {}
     for seed in range(3):
         cases = [("image_encoder", f"seed{seed}", example_inputs(spec, "image_encoder", seed)),
@@ -228,6 +229,7 @@ def test_stages_match_torch_random_inputs(ort_backend, torch_backend):
             me[3] = np.array([binarize], np.int32)
             me[2] = np.array([[-1.5 if seed == 1 else 2.0]], np.float32)  # object absent on seed 1
             cases.append(("memory_encoder", f"seed{seed}/binarize{binarize}", tuple(me)))
+        cases += [(k, f"seed{seed}", example_inputs(spec, k, seed)) for k in spec.graph_keys()[4:]]  # batched
         for stage, what, x in cases:
             compare_outputs(stage, spec, ort_backend.run(stage, x), torch_backend.run(stage, x), what, worst)
     print("\n[onnx] stage parity, random valid inputs (max|d|, max|d|/max(1,|x|)):")
@@ -328,7 +330,7 @@ def test_cli_export_fp16_bundle(tmp_path_factory, bundle, one_thread, capsys):
     assert "memory_attention.onnx" in text and "fp16" in text and "MB" in text
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".partial")]
     m16, m32 = load_manifest(out), load_manifest(bundle)
-    assert m16.precision == "fp16" and m16.spec == m32.spec
+    assert m16.precision == "fp16" and m16.spec == replace(m32.spec, obj_batches=(1,))
     for stage in STAGES:
         assert m16.graphs[stage].inputs == m32.graphs[stage].inputs
         onnx.checker.check_model(str(out / f"{stage}.onnx"))
@@ -358,10 +360,10 @@ def test_cli_export_forwards_options(bundle, monkeypatch, capsys):
 
     monkeypatch.setattr(eb, "export_bundle", fake_export)
     rc = main(["export", "--checkpoint", "x.pt", "--variant", "micro", "--format", "onnx", "--out", "o",
-               "--image-size", "128", "--cond-slots", "3", "--precision", "fp16"])
+               "--image-size", "128", "--cond-slots", "3", "--precision", "fp16", "--obj-batches", "1,4"])
     assert rc == 0
     assert seen == {"checkpoint": "x.pt", "out_dir": "o", "format": "onnx", "variant": "micro", "image_size": 128,
-                    "precision": "fp16", "cond_slots": 3, "show_progress": None}
+                    "precision": "fp16", "cond_slots": 3, "show_progress": None, "obj_batches": (1, 4)}
     assert "image_encoder.onnx" in capsys.readouterr().out
 
 
@@ -515,3 +517,20 @@ def test_tiny_tracking_matches_goldens(tiny_bundle, scenario):
     print(f"\n[onnx] tiny stream_{scenario}: low-res max|d|/max(1,|x|)={worst_rel:.2e}, min mask agreement "
           f"{min_agree:.5f} ({seconds:.1f} s)")
     assert min_agree >= GOLDEN_MASK_AGREE
+
+
+def test_batched_graphs_equal_per_object_calls(bundle, one_thread):
+    """The bundle's batch-2 graphs (OBJ_BATCHES in bundle_helpers) give the logits of one object
+    per call: 3 objects run as 2 + 1 (late_object), tolerances of test_object_batches.py."""
+    from test_object_batches import BUNDLE_ATOL, BUNDLE_RTOL, PerObject, assert_same_runs
+
+    m = load_manifest(bundle)
+    assert m.spec.obj_batches == (1, 2) and "mask_decoder@2" in m.graphs
+    inner = open_bundle(bundle, threads=1)
+    batched = PerObject(inner, batched=True)
+    for scenario in ("late_object", "refine"):
+        run_b = run_scenario(Tracker(batched), MICRO_STREAM, f"stream_{scenario}")
+        run_1 = run_scenario(Tracker(PerObject(inner)), MICRO_STREAM, f"stream_{scenario}")
+        worst = assert_same_runs(run_b, run_1, BUNDLE_ATOL, BUNDLE_RTOL)
+        print(f"\n[onnx] {scenario}: batch-2 graphs vs per object max |d| {worst:.2e}")
+    assert {"memory_attention@2", "mask_decoder@2", "memory_encoder@2"} <= set(batched.keys)

@@ -16,7 +16,7 @@ from typing import Mapping, Tuple
 import numpy as np
 
 from ...errors import BackendUnavailableError, BundleError, InputError
-from ...contract import STAGES, TrackerSpec
+from ...contract import TrackerSpec
 from ...contract.bundle_dir import GraphBlob
 from .base import Backend
 
@@ -40,9 +40,9 @@ class CoreMLBackend(Backend):
         except ImportError as e:
             raise BackendUnavailableError(f"the CoreML backend needs coremltools: pip install 'sam2-edge[coreml]' ({e})") from None
         self.compute_units = units
-        self._io = spec.io()
+        self._io = spec.graph_io()
         self._models = {}
-        for stage in STAGES:
+        for stage in spec.graph_keys():
             path = stage_files.get(stage)
             if path is None:
                 raise BundleError(f"no CoreML model for stage {stage!r}")

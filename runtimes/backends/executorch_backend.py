@@ -17,7 +17,7 @@ from typing import Mapping, Optional, Tuple
 import numpy as np
 
 from ...errors import BackendUnavailableError, BundleError, InputError
-from ...contract import STAGES, TrackerSpec
+from ...contract import TrackerSpec
 from ...contract.bundle_dir import GraphBlob
 from .base import Backend
 
@@ -53,10 +53,10 @@ class ExecuTorchBackend(Backend):
 
             portable_lib._unsafe_reset_threadpool(threads)  # before any method runs
         self.threads = threads or 0
-        io = spec.io()
+        io = spec.graph_io()
         self._io = io
         self._methods = {}
-        for stage in STAGES:
+        for stage in spec.graph_keys():
             source = stage_files.get(stage)
             if source is None:
                 raise BundleError(f"no ExecuTorch program for stage {stage!r}")

@@ -18,7 +18,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ...errors import BackendUnavailableError, BundleError, InputError
-from ...contract import STAGES, TrackerSpec
+from ...contract import TrackerSpec
 from ...contract.bundle_dir import GraphBlob
 from .base import Backend
 from .onnx_external import external_locations
@@ -102,7 +102,7 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(spec)
         ort = _import_ort()
         self.ort = ort
-        missing = [s for s in STAGES if s not in stage_files]
+        missing = [s for s in spec.graph_keys() if s not in stage_files]
         if missing:
             raise BundleError(f"no graph file given for stages {missing}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
@@ -110,12 +110,12 @@ class OnnxRuntimeBackend(Backend):
         self.providers = resolve_providers(providers, ort.get_available_providers())
         self.threads = threads or 0
         so = self._options()
-        io = spec.io()
+        io = spec.graph_io()
         self.sessions: Dict[str, object] = {}
         self._in_names: Dict[str, List[str]] = {}
         self._out_names: Dict[str, List[str]] = {}
         self._in_dtypes: Dict[str, List[np.dtype]] = {}
-        for stage in STAGES:
+        for stage in spec.graph_keys():
             source = stage_files[stage]
             try:
                 sess = self._session(stage, source, so)
@@ -131,7 +131,7 @@ class OnnxRuntimeBackend(Backend):
             self._in_names[stage] = [t.name for t in ins]
             self._out_names[stage] = [t.name for t in outs]
             self._in_dtypes[stage] = [np.dtype(t.dtype) for t in ins]
-        self.active_providers = list(self.sessions[STAGES[0]].get_providers())
+        self.active_providers = list(self.sessions[spec.graph_keys()[0]].get_providers())
 
     def _options(self):
         ort = self.ort

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import numbers
 import os
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ...errors import BackendUnavailableError, ConfigError
-from ...contract import STAGES
+from ...contract import STAGES, TrackerSpec
 from ...contract.spec import SPEC_LIMITS
 from .base import Backend
 
@@ -177,28 +177,51 @@ class TorchBackend(Backend):
     def describe(self) -> str:
         return f"torch ({self.device}, {self.dtype})"
 
+    def object_batches(self, n: int) -> List[int]:
+        """Eager modules take any batch: all `n` objects in one call per stage."""
+        return [n] if n else []
+
     def _present_only(self, inputs: Tuple[np.ndarray, ...]):
-        """memory_attention inputs -> (forward_present inputs) over the present slots, or None
-        when the static path must run (a batch of several rows, or no memory frame at all)."""
+        """memory_attention inputs of B objects -> groups [(rows, forward_present inputs)], the
+        objects of a group sharing the same present memory / pointer slots (usually all of them),
+        each over only those slots; None when the static path must run (no memory frame at all)."""
         feats, pos, memory, tpos, mem_valid, ptrs, dist, ptr_valid = inputs
-        if memory.shape[0] != 1:
-            return None
-        mi = np.flatnonzero(mem_valid[0] > 0.5)  # [M'] present memory slots
-        pi = np.flatnonzero(ptr_valid[0] > 0.5)  # [P'] present pointer slots
-        if mi.size == 0:
-            return None
-        return feats, pos, memory[:, mi], tpos[:, mi], ptrs[:, pi], dist[:, pi]
+        patterns: Dict[bytes, List[int]] = {}
+        for r in range(memory.shape[0]):  # [B, M] / [B, P] validity -> rows with equal patterns
+            key = (mem_valid[r] > 0.5).tobytes() + (ptr_valid[r] > 0.5).tobytes()
+            patterns.setdefault(key, []).append(r)
+        groups = []
+        for rows in patterns.values():
+            mi = np.flatnonzero(mem_valid[rows[0]] > 0.5)  # [M'] present memory slots
+            pi = np.flatnonzero(ptr_valid[rows[0]] > 0.5)  # [P'] present pointer slots
+            if mi.size == 0:
+                return None
+            ix = np.asarray(rows)[:, None]
+            groups.append((rows, (feats, pos, memory[ix, mi], tpos[ix, mi], ptrs[ix, pi], dist[ix, pi])))
+        return groups
 
     def run(self, stage: str, inputs: Tuple[np.ndarray, ...]) -> Tuple[np.ndarray, ...]:
         torch = self.torch
+        stage, _ = TrackerSpec.parse_key(stage)  # eager modules take any object batch
         fn = self.stages[stage]
-        if stage == "memory_attention" and not self.static_memory:
-            present = self._present_only(inputs)
-            if present is not None:
-                fn, inputs = self.stages[stage].forward_present, present
         with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.dtype == "bf16"):
-            args = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in inputs]
-            out = fn(*args)
+            groups = self._present_only(inputs) if stage == "memory_attention" and not self.static_memory else None
+            if groups is not None:
+                if len(groups) == 1 and len(groups[0][0]) == inputs[2].shape[0]:
+                    out = self.stages[stage].forward_present(*self._tensors(groups[0][1]))
+                else:  # objects whose memories differ in which slots exist: one call per group
+                    b = inputs[2].shape[0]
+                    out = None
+                    for rows, args in groups:
+                        part = self.stages[stage].forward_present(*self._tensors(args))
+                        if out is None:
+                            out = part.new_empty((b,) + tuple(part.shape[1:]))
+                        out[torch.as_tensor(rows, device=part.device)] = part
+            else:
+                out = fn(*self._tensors(inputs))
         if isinstance(out, torch.Tensor):
             out = (out,)
         return tuple(o.detach().float().cpu().numpy() for o in out)
+
+    def _tensors(self, arrays):
+        return [self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]

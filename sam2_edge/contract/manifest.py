@@ -26,7 +26,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from ..errors import BundleError
 from .formats import FORMATS, Precision
 from .preprocessing import COLOUR_ORDER, IMG_MEAN, IMG_STD, LAYOUT, RESIZE_PIL_BICUBIC, SCALE
-from .spec import SPEC_DEFAULTS, SPEC_LIMITS, STAGES, TensorSpec, TrackerSpec, spec_problem
+from .spec import SPEC_DEFAULTS, SPEC_LIMITS, STAGES, TensorSpec, TrackerSpec, obj_batches_problem, spec_problem
 
 SCHEMA_VERSION = 1  # the newest manifest schema this code reads (and the one it writes)
 MANIFEST_NAME = "manifest.json"
@@ -105,8 +105,9 @@ class Manifest:
     @property
     def stage_files(self) -> Dict[str, Path]:
         """Resolved path of each stage's graph (a loaded manifest only)."""
-        assert all(self.graphs[s].path is not None for s in STAGES), "stage_files needs a loaded manifest"
-        return {s: self.graphs[s].path for s in STAGES}  # type: ignore[misc]
+        keys = self.spec.graph_keys()
+        assert all(self.graphs[k].path is not None for k in keys), "stage_files needs a loaded manifest"
+        return {k: self.graphs[k].path for k in keys}  # type: ignore[misc]
 
     def to_dict(self) -> dict:
         return {
@@ -116,7 +117,7 @@ class Manifest:
             "variant": self.variant,
             "model_config": dict(self.model_config),
             "spec": self.spec.to_dict(),
-            "graphs": {s: self.graphs[s].to_dict() for s in STAGES},
+            "graphs": {k: self.graphs[k].to_dict() for k in self.spec.graph_keys()},
             "preprocessing": self.preprocessing.to_dict(),
             "checkpoint": {"file": self.checkpoint_file, "sha256": self.checkpoint_sha256},
             "exporter": dict(self.exporter),
@@ -259,7 +260,7 @@ def spec_from_dict(d, where: str = "spec") -> TrackerSpec:
     # a field added after a bundle was written (SPEC_DEFAULTS) takes the default that keeps its layout
     vals = {k: _get(d, k, int, where) for k in fields if k in d or k not in SPEC_DEFAULTS}
     vals.update({k: v for k, v in SPEC_DEFAULTS.items() if k not in d})
-    unknown = sorted(set(d) - set(fields))
+    unknown = sorted(set(d) - set(fields) - {"obj_batches"})
     if unknown:
         raise BundleError(f"manifest entry {where!r} has unknown keys {unknown}; the bundle was written by a newer "
                           "sam2-edge: upgrade sam2-edge (pip install -U sam2-edge)")
@@ -267,7 +268,11 @@ def spec_from_dict(d, where: str = "spec") -> TrackerSpec:
     if problem:
         raise BundleError(f"manifest entry {where}.{problem}; the bundle is corrupt or not for this sam2-edge. "
                           "Re-export the bundle")
-    return TrackerSpec(**vals)
+    batches = d.get("obj_batches", [1])  # absent: a bundle with the batch-1 graphs only
+    problem = obj_batches_problem(batches)
+    if problem:
+        raise BundleError(f"manifest entry {where}.{problem}; the bundle is corrupt. Re-export the bundle")
+    return TrackerSpec(**vals, obj_batches=tuple(batches))
 
 
 def _preprocessing(pre: Mapping, spec: TrackerSpec) -> Preprocessing:
@@ -377,11 +382,16 @@ def _manifest_from_dict(d: Mapping[str, Any], root: Optional[Path]) -> Manifest:
     if missing:
         raise BundleError(f"manifest lists no graph for {missing}; a bundle has the four stages {list(STAGES)}. "
                           f"{_REEXPORT}")
-    unknown = sorted(set(graphs_d) - set(STAGES))
+    keys = spec.graph_keys()  # the four stages + the per-object stages for each object batch of the spec
+    missing = [k for k in keys if k not in graphs_d]
+    if missing:
+        raise BundleError(f"manifest lists no graph for {missing} although spec.obj_batches is "
+                          f"{list(spec.obj_batches)}. {_REEXPORT}")
+    unknown = sorted(set(graphs_d) - set(keys))
     if unknown:
         raise BundleError(f"manifest lists unknown graphs {unknown}; upgrade sam2-edge or re-export the bundle")
-    io = spec.io()
-    graphs = {s: _graph(s, graphs_d[s], fmt, io[s], root) for s in STAGES}
+    io = spec.graph_io()
+    graphs = {k: _graph(k, graphs_d[k], fmt, io[k], root) for k in keys}
     names = [g.file for g in graphs.values()]
     if len(set(names)) != len(names):
         raise BundleError(f"two stages of the manifest point at the same graph file. {_REEXPORT}")
