@@ -92,6 +92,10 @@ class RecordingBackend:
         self.frame = 0
         self.samples: Dict[str, List[Tuple[int, Tuple[np.ndarray, ...]]]] = {s: [] for s in STAGES}
 
+    def object_batches(self, n: int) -> List[int]:
+        """One object per call: the samples are the batch-1 inputs the quantised graphs receive."""
+        return [1] * n
+
     def run(self, stage: str, inputs):
         self.samples[stage].append((self.frame, tuple(np.array(a, copy=True) for a in inputs)))
         return self.backend.run(stage, inputs)

@@ -22,7 +22,7 @@ from . import preprocess
 from .backends.base import Backend
 from .memory import ObjectMemory, round_bf16
 from ..contract import LABEL_ABSENT, LABEL_NOT_A_POINT, MASK_FULL_BINARY, MASK_LOWRES_LOGITS, MASK_NONE, TrackerSpec
-from ..contract.spec import graph_key, spec_problem
+from ..contract.spec import graph_key, spec_problem, split_objects
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,8 @@ class Tracker:
     def _batches(self, objs: List[ObjectState]) -> List[List[ObjectState]]:
         """`objs` split into the object batches the backend runs in one call each."""
         out, i = [], 0
-        for b in self.backend.object_batches(len(objs)):
+        plan = getattr(self.backend, "object_batches", None)  # a duck-typed backend: the spec's batches
+        for b in plan(len(objs)) if plan is not None else split_objects(len(objs), self.spec.obj_batches):
             out.append(objs[i:i + b])
             i += b
         assert i == len(objs), "object_batches must cover every object"

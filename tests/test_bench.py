@@ -261,6 +261,17 @@ def test_cache_name_and_validation(tmp_path):
     assert T.check_cached_bundle(tmp_path / "none", "onnx", None, None, None) == "not exported yet"
     (tmp_path / "junk").mkdir()
     assert "not valid" in T.check_cached_bundle(tmp_path / "junk", "onnx", None, None, None)
+    # bundles exported with graphs for the object counts streamed (3 objects: one call per stage)
+    assert T.bench_obj_batches([1, 3]) == (1, 3) and T.bench_obj_batches([3]) == (1, 3)
+    assert T.bench_obj_batches([1]) == (1,) and T.bench_obj_batches([100]) == (1, 64)
+    assert a != T.bundle_cache_name("sam2.1-hiera-tiny", 512, "onnx", "random weights, torch.manual_seed(0)", (1, 3))
+    from dataclasses import replace
+
+    from bundle_helpers import MICRO_SPEC, make_fake_bundle
+
+    fake = make_fake_bundle(tmp_path / "b13", spec=replace(MICRO_SPEC, obj_batches=(1, 3)))
+    assert T.check_cached_bundle(fake, "onnx", None, None, None, (1, 3)) is None
+    assert "object batches [1, 3], not [1]" in T.check_cached_bundle(fake, "onnx", None, None, None)
 
 
 def test_cache_dir_follows_xdg(monkeypatch, tmp_path):

@@ -198,7 +198,10 @@ def test_micro_encoder_end_to_end_crops(et_enc, et_golden):
 def test_micro_image_case(et_micro, et_enc, et_golden, case):
     model, _ = et_micro
     cases = {c["case"]: c for c in load_manifest(ET_MICRO_DIR)["images"][0]["cases"]}
-    _check_case("etmic", model, et_enc, et_golden, case, False, cases[case])
+    # Logits: atol 5e-4 + rtol 5e-4. The float32 sums through the BN-folded RepViT trunk depend on
+    # the thread count (oneDNN's blocking): measured worst |d| 1.7e-4 with 2 threads, 2.5e-4 with 1
+    # (relative 2.2e-4), so SAM 2's 1e-4 fails on a 1-core machine; masks must still agree >= 99.5 %.
+    _check_case("etmic", model, et_enc, et_golden, case, False, cases[case], logits_tol=(5e-4, 5e-4))
 
 
 # ---------------------------------------------------------------- full size (-m slow)

@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -216,15 +217,20 @@ def micro_cases(micro_model):
 
 @pytest.fixture(scope="module")
 def et_micro(micro_cases, tmp_path_factory):
-    """The four micro stages exported once (fp32) and loaded in the ExecuTorch backend."""
+    """The four micro stages exported (fp32; the session's shared micro .pte bundle, exported once
+    for every module that needs it: its manifest holds each stage's export info) and loaded in
+    the ExecuTorch backend."""
     pytest.importorskip("executorch")
+    from bundle_helpers import micro_pte_bundle
+
+    from sam2_edge.contract import load_manifest
     from sam2_edge.runtimes.backends.executorch_backend import ExecuTorchBackend
 
-    spec, stages, cases = micro_cases
-    out = tmp_path_factory.mktemp("et_micro")
-    infos = export_all(spec, stages, cases, out, "fp32")
+    m = load_manifest(micro_pte_bundle(tmp_path_factory))
+    spec = replace(m.spec, obj_batches=(1,))  # the four stages' programs (the batched ones: test_executorch_tracking)
+    files = {s: m.stage_files[s] for s in STAGES}
+    infos = {s: dict(m.graphs[s].extra) for s in STAGES}
     _print_delegation("micro fp32", infos)
-    files = {s: out / f"{s}.pte" for s in STAGES}
     return spec, infos, files, ExecuTorchBackend(spec, files)
 
 

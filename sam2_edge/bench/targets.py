@@ -105,18 +105,21 @@ def default_export_dir() -> Path:
     return Path(base) / "sam2-edge" / "bundles"
 
 
-def bundle_cache_name(variant: str, image_size: Optional[int], fmt: str, weights_key: str) -> str:
+def bundle_cache_name(variant: str, image_size: Optional[int], fmt: str, weights_key: str,
+                      obj_batches: Tuple[int, ...] = (1,)) -> str:
     """`<variant>-<size>-<format>-<12 hex>`: the hash covers the weights (a checkpoint's sha256, or
-    the random-weights seed), the format and the sam2-edge version, so a cached bundle is reused
-    only for the same model, size and format."""
+    the random-weights seed), the format, the object batches and the sam2-edge version, so a cached
+    bundle is reused only for the same model, size, format and batched graphs."""
     from .. import __version__
 
-    h = hashlib.sha256(f"{weights_key}|{variant}|{image_size}|{fmt}|sam2-edge {__version__}".encode()).hexdigest()
+    batches = "" if tuple(obj_batches) == (1,) else f"|obj_batches {list(obj_batches)}"
+    h = hashlib.sha256(f"{weights_key}|{variant}|{image_size}|{fmt}{batches}|sam2-edge {__version__}"
+                       .encode()).hexdigest()
     return f"{variant}-{image_size or 'default'}-{fmt}-{h[:12]}"
 
 
 def check_cached_bundle(path: Path, fmt: str, variant: Optional[str], image_size: Optional[int],
-                        checkpoint_sha256: Optional[str]) -> Optional[str]:
+                        checkpoint_sha256: Optional[str], obj_batches: Tuple[int, ...] = (1,)) -> Optional[str]:
     """None when `path` holds a complete, valid bundle of this model (every file hashed against
     the manifest by `sam2_edge.contract.load_manifest`); else why it cannot be reused."""
     from ..contract import load_manifest
@@ -135,7 +138,17 @@ def check_cached_bundle(path: Path, fmt: str, variant: Optional[str], image_size
         return f"the cached bundle runs at {m.spec.image_size}, not {image_size}"
     if checkpoint_sha256 and m.checkpoint_sha256 != checkpoint_sha256:
         return "the cached bundle was exported from another checkpoint"
+    if m.spec.obj_batches != tuple(obj_batches):
+        return f"the cached bundle has graphs for object batches {list(m.spec.obj_batches)}, not {list(obj_batches)}"
     return None
+
+
+def bench_obj_batches(objects) -> Tuple[int, ...]:
+    """The object batches bench exports graphs for: 1 and every object count it streams (so K
+    objects run in one call per stage, as the torch backend does)."""
+    from ..contract.spec import MAX_OBJ_BATCH
+
+    return tuple(sorted({1} | {min(int(k), MAX_OBJ_BATCH) for k in objects}))
 
 
 def backend_takes_threads(name: str) -> bool:
@@ -189,7 +202,7 @@ _SHOWN = re.compile(r"^(?:(?:INFO|WARNING|ERROR|CRITICAL) sam2_edge|sam2-edge ex
 
 
 def export_bundle_subprocess(checkpoint: str, variant: Optional[str], fmt: str, image_size: Optional[int], out: Path,
-                             progress: bool) -> Path:
+                             progress: bool, obj_batches: Tuple[int, ...] = (1,)) -> Path:
     """Export a bundle in a child process (keeps the exporter's memory out of this process's
     peak RSS). Of its output only sam2-edge's own log lines are passed on (all with -v); the
     last lines are kept for the error message if it fails."""
@@ -202,6 +215,8 @@ def export_bundle_subprocess(checkpoint: str, variant: Optional[str], fmt: str, 
         cmd += ["--variant", variant]
     if image_size:
         cmd += ["--image-size", str(image_size)]
+    if tuple(obj_batches) != (1,):
+        cmd += ["--obj-batches", ",".join(map(str, obj_batches))]
     if not progress:
         cmd.append("--no-progress")
     log.info("bench: exporting a %s bundle of %s at S=%s to %s (about a minute at 512 on a small CPU, several "
@@ -278,6 +293,11 @@ class Plan:
         self.skipped: List[Dict[str, str]] = []  # backends that did not run here, and why
         self.exports: Dict[str, dict] = {}  # format -> {"bundle", "cached", "seconds"}
         self._checkpoint_sha: Optional[str] = None
+
+    @property
+    def objects(self) -> List[int]:
+        """The object counts streamed (--objects, checked by the command line before the plan)."""
+        return [int(x) for x in str(self.a.objects or 1).split(",") if x.strip()]
 
     def workdir(self) -> Path:
         if self.tmp is None:
@@ -375,8 +395,9 @@ class Plan:
                 self._checkpoint_sha = sha256_file(str(self._checkpoint))
             key = ckpt_sha = self._checkpoint_sha
             label = self.variant or Path(str(self._checkpoint)).stem
-        path = self.export_dir() / bundle_cache_name(label, size, fmt, key)
-        why = check_cached_bundle(path, fmt, self.variant, size, ckpt_sha)
+        batches = bench_obj_batches(self.objects)
+        path = self.export_dir() / bundle_cache_name(label, size, fmt, key, batches)
+        why = check_cached_bundle(path, fmt, self.variant, size, ckpt_sha, batches)
         if why is None:
             log.info("bench: using the cached %s bundle %s (delete it to export again)", fmt, path)
             self.exports[fmt] = {"bundle": str(path), "cached": True, "export_seconds": None}
@@ -388,7 +409,7 @@ class Plan:
         check_writable_dir(self.export_dir(), "--export-dir")
         t0 = time.perf_counter()
         ckpt = self.checkpoint()
-        export_bundle_subprocess(ckpt, self.variant, fmt, size, path, not self.a.no_progress)
+        export_bundle_subprocess(ckpt, self.variant, fmt, size, path, not self.a.no_progress, batches)
         self.exports[fmt] = {"bundle": str(path), "cached": False,
                              "export_seconds": round(time.perf_counter() - t0, 1)}
         return path
