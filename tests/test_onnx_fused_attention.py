@@ -9,6 +9,10 @@ the eager stage computes -- all slots valid, half of the memory / pointer slots 
 a single valid slot -- within STAGE_TOL; fp16 graphs stay unfused. The rewrite itself is
 checked on synthetic graphs against numpy (several heads, rank-2 and rank-4 key biases,
 head sizes that need padding) and must leave alone what it cannot fold exactly.
+
+The runtime side of the same memory work: the ONNX Runtime backend's sessions run without
+ORT's per-session CPU arena and with glibc's mmap threshold fixed (runtimes/backends/heap.py),
+and still compute what sessions with ORT's default options compute.
 """
 
 from __future__ import annotations
@@ -271,3 +275,74 @@ def test_rewrite_leaves_what_it_cannot_fold():
     model, _ = _attention_graph(1, 1, 300, 300, 16, 16, None)
     model.graph.output.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 300, 300]))
     assert not fuse_attention(model, min_scores=1).fused
+
+
+# ------------------------------------------------------------------ runtime memory: session options, heap
+def test_backend_frees_stage_memory_between_runs(tmp_path_factory):
+    """The ONNX Runtime backend's sessions run without ORT's per-session CPU arena (each arena
+    kept its stage's peak for good: the process held the sum of the four peaks; see
+    benchmarks/README.md, "ONNX Runtime: where the memory goes"), keep the memory pattern and
+    full graph optimisation, fix glibc's mmap threshold (heap.py) where that applies, and
+    compute what sessions with ONNX Runtime's default options compute."""
+    from bundle_helpers import micro_onnx_bundle
+    from sam2_edge.contract import STAGES
+    from sam2_edge.runtimes.backends import heap
+    from sam2_edge.runtimes.bundle_backends import open_bundle
+
+    bundle = micro_onnx_bundle(tmp_path_factory)
+    be = open_bundle(bundle, "onnxruntime", isolate=False, threads=1)
+    for key, sess in be.sessions.items():
+        so = sess.get_session_options()
+        assert so.enable_cpu_mem_arena is False, key
+        assert so.enable_mem_pattern is True, key
+        assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL, key
+        assert so.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL, key
+    if heap._glibc() is not None and not heap.user_set_threshold():
+        assert heap.applied_threshold() == heap.DEFAULT_MMAP_THRESHOLD
+    for stage in STAGES:
+        ref_sess = _session(bundle / f"{stage}.onnx")  # ORT's defaults: arena on
+        assert ref_sess.get_session_options().enable_cpu_mem_arena is True
+        for seed in (0, 1):  # twice: the second run reuses nothing a first run left behind
+            x = example_inputs(be.spec, stage, seed)
+            got = be.run(stage, x)
+            ref = ref_sess.run(None, {i.name: a for i, a in zip(ref_sess.get_inputs(), x)})
+            for g, r in zip(got, ref):
+                np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6, err_msg=stage)
+    # low_memory=False (where memory is plentiful, ~9 % faster): ONNX Runtime's arenas kept
+    fast = open_bundle(bundle, "onnxruntime", isolate=False, threads=1, low_memory=False)
+    assert all(sess.get_session_options().enable_cpu_mem_arena is True for sess in fast.sessions.values())
+    assert "arenas" in fast.describe() and "arenas" not in be.describe()
+    from sam2_edge.errors import InputError
+
+    with pytest.raises(InputError, match="low_memory must be True or False"):
+        open_bundle(bundle, "onnxruntime", isolate=False, low_memory="no")
+
+
+def test_heap_threshold_is_set_once_and_leaves_the_users_own(monkeypatch):
+    from sam2_edge.runtimes.backends import heap
+
+    for bad in (0, -1, True, 1.5, "1M"):
+        with pytest.raises(ValueError):
+            heap.return_large_blocks_to_os(bad)
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(heap, "_applied", None)
+    monkeypatch.setattr(heap, "_glibc", lambda: FakeLibc())
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536")
+    assert heap.return_large_blocks_to_os() is None and not calls  # the user's tunable is kept
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert heap.return_large_blocks_to_os() is None and not calls  # the user's variable is kept
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert heap.return_large_blocks_to_os() == heap.DEFAULT_MMAP_THRESHOLD
+    assert heap.return_large_blocks_to_os(4096) == heap.DEFAULT_MMAP_THRESHOLD  # once per process
+    assert calls == [(heap.M_MMAP_THRESHOLD, heap.DEFAULT_MMAP_THRESHOLD)]
+    monkeypatch.setattr(heap, "_applied", None)
+    monkeypatch.setattr(heap, "_glibc", lambda: None)  # macOS, Windows, musl: nothing to do
+    assert heap.return_large_blocks_to_os() is None and heap.applied_threshold() is None

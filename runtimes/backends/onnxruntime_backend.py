@@ -98,7 +98,12 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, spec: TrackerSpec, stage_files: Mapping[str, Path],
-                 providers: Optional[Sequence[ProviderArg]] = None, threads: Optional[int] = None) -> None:
+                 providers: Optional[Sequence[ProviderArg]] = None, threads: Optional[int] = None,
+                 low_memory: bool = True) -> None:
+        """low_memory (default): each stage's buffers are freed after its run (no per-session
+        arena, large blocks returned to the system), so the process peak is the largest stage's
+        (tiny @ 1024: 1.1 GiB instead of 2.7); False keeps ONNX Runtime's arenas, ~9 % faster per
+        frame where memory is plentiful (benchmarks/README.md, "ONNX Runtime: where the memory goes")."""
         super().__init__(spec)
         ort = _import_ort()
         self.ort = ort
@@ -107,6 +112,9 @@ class OnnxRuntimeBackend(Backend):
             raise BundleError(f"no graph file given for stages {missing}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
             raise InputError(f"threads must be a non-negative integer (0 = onnxruntime default), got {threads!r}")
+        if not isinstance(low_memory, bool):
+            raise InputError(f"low_memory must be True or False, got {low_memory!r:.40}")
+        self.low_memory = low_memory
         self.providers = resolve_providers(providers, ort.get_available_providers())
         self.threads = threads or 0
         so = self._options()
@@ -141,6 +149,16 @@ class OnnxRuntimeBackend(Backend):
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3  # errors only; ORT warns about benign things (unused initializers, ...)
+        # Memory (benchmarks/README.md, "ONNX Runtime: where the memory goes"): each session's CPU
+        # arena keeps the high-water mark of its own runs for good, so the process held the sum of
+        # the four stages' peaks; without it a stage's buffers are freed after its run and the
+        # process peak is the largest stage's. The memory pattern (one planned block per run) stays.
+        if self.low_memory:
+            so.enable_cpu_mem_arena = False
+            # ... and glibc must give those freed blocks back (a fixed 1 MiB mmap threshold; heap.py)
+            from .heap import return_large_blocks_to_os
+
+            return_large_blocks_to_os()
         return so
 
     def _session(self, stage: str, source, base_options):
@@ -190,4 +208,5 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> str:
         threads = self.threads or "default"
-        return f"onnxruntime {self.ort.__version__} ({', '.join(self.active_providers)}; threads={threads})"
+        arenas = "" if self.low_memory else "; arenas"
+        return f"onnxruntime {self.ort.__version__} ({', '.join(self.active_providers)}; threads={threads}{arenas})"
