@@ -249,6 +249,24 @@ def tiny_repvit_256() -> ModelConfig:
 
 
 @register
+def tiny_repvit_256_lite() -> ModelConfig:
+    """sam2.1-repvit-256 with a lighter memory attention: 1 layer instead of 2, FFN 1024 wide
+    instead of 2048 (the FFN was 2/3 of that stage's FLOPs); everything else the same."""
+    return _student("sam2.1-hiera-tiny", "sam2.1-repvit-256-lite", image_size=256, trunk="repvit",
+                    repvit=RepViTConfig(), mem_attn_layers=1, mem_attn_ffn_dim=1024,
+                    perceiver=PerceiverConfig(num_latents=64, num_latents_2d=64))
+
+
+@register
+def tiny_repvit_224_lite() -> ModelConfig:
+    """sam2.1-repvit-256-lite at 224 px: a 14 x 14 stride-16 map, so 64 global + 49 windowed
+    latents (a 7 x 7 grid of 2 x 2 windows) per memory frame."""
+    return _student("sam2.1-hiera-tiny", "sam2.1-repvit-224-lite", image_size=224, trunk="repvit",
+                    repvit=RepViTConfig(), mem_attn_layers=1, mem_attn_ffn_dim=1024,
+                    perceiver=PerceiverConfig(num_latents=64, num_latents_2d=49))
+
+
+@register
 def micro_student() -> ModelConfig:
     """The distillation test student of `micro`: one block per Hiera stage, 1 memory-attention layer."""
     return _student("micro", "micro-student", mem_attn_layers=1,

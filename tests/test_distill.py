@@ -307,3 +307,68 @@ def test_torchrun_two_processes_match_one(tmp_path):
         if "loss" in a:
             assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
     assert json.loads((tmp_path / "p2" / "summary.json").read_text())["processes"] == 2
+
+
+# ---------------------------------------------------------------- the lighter live-tracking students
+LIVE_LITE = "sam2.1-repvit-256-lite"
+LIVE_LITE_224 = "sam2.1-repvit-224-lite"
+
+
+def test_live_lite_student_differs_from_repvit_256_only_in_memory_attention():
+    import dataclasses
+
+    from sam2_edge.distill.students import check_student, parameter_count
+
+    s, base = get_config(LIVE_LITE), get_config("sam2.1-repvit-256")
+    differs = {f.name for f in dataclasses.fields(s) if getattr(s, f.name) != getattr(base, f.name)}
+    assert differs == {"name", "mem_attn_layers", "mem_attn_ffn_dim"}
+    assert (s.mem_attn_layers, s.mem_attn_ffn_dim, s.image_size, s.mem_tokens) == (1, 1024, 256, 128)
+    assert teacher_of(LIVE_LITE) == teacher_of("sam2.1-repvit-256") == "sam2.1-hiera-tiny"
+    sizes = check_student(get_config(teacher_of(LIVE_LITE)), s)
+    assert sizes["memory_attention_layers"] == (4, 1)
+    assert parameter_count(s) < parameter_count(base)
+
+
+def test_live_lite_224_student_is_the_256_one_at_224_px():
+    import dataclasses
+
+    from sam2_edge.distill.students import check_student
+
+    s, base = get_config(LIVE_LITE_224), get_config(LIVE_LITE)
+    differs = {f.name for f in dataclasses.fields(s) if getattr(s, f.name) != getattr(base, f.name)}
+    assert differs == {"name", "image_size", "perceiver"}
+    assert (s.image_size, s.feat_size, s.perceiver.num_latents, s.perceiver.grid) == (224, 14, 64, 7)
+    assert s.feat_size % s.perceiver.grid == 0  # 2 x 2 windows of the 14 x 14 map
+    sizes = check_student(get_config(teacher_of(LIVE_LITE_224)), s)
+    assert sizes["image_size"] == (1024, 224) and sizes["memory_tokens_per_frame"] == (4096, 113)
+
+
+@pytest.mark.parametrize("name", [LIVE_LITE, LIVE_LITE_224])
+def test_live_lite_student_starts_from_the_teacher_and_tracks_from_its_checkpoint(tmp_path, name):
+    """As `sam2-edge distill` builds it: from a (random) tiny teacher where names and shapes match
+    (memory-attention layer 0 <- the teacher's layer 0, except its narrower FFN), saved as the
+    distiller saves a student, then opened by the runtime like any checkpoint."""
+    from sam2_edge.distill.store import save_student
+    from sam2_edge.distill.students import init_from_teacher
+    from sam2_edge.modeling.sam2 import SAM2Model
+    from sam2_edge.runtimes import Tracker
+
+    torch.manual_seed(0)
+    teacher, student = SAM2Model(get_config("sam2.1-hiera-tiny")), SAM2Model(get_config(name))
+    copied, total = init_from_teacher(student, teacher)
+    assert 0 < copied < total
+    t0, s0 = teacher.memory_attention.layers[0], student.memory_attention.layers[0]
+    assert torch.equal(s0.self_attn.q_proj.weight, t0.self_attn.q_proj.weight)
+    assert torch.equal(s0.cross_attn_image.k_proj.weight, t0.cross_attn_image.k_proj.weight)
+    assert tuple(s0.linear1.weight.shape) == (1024, 256) and tuple(t0.linear1.weight.shape) == (2048, 256)
+    del teacher
+    path = tmp_path / "student.safetensors"
+    save_student(path, student, {"variant": name})
+    assert build_sam2(str(path)).cfg.name == name
+    tracker = Tracker.from_checkpoint(str(path))
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (90, 160, 3), dtype=np.uint8) for _ in range(3)]
+    r = tracker.add_prompt(frames[0], 1, box=[40, 20, 120, 70])
+    for f in frames[1:]:
+        r = tracker.track(f)
+    assert r.masks.shape == (1, 90, 160) and np.isfinite(r.mask_logits).all()
