@@ -60,7 +60,7 @@ from ..contract import STAGES, Precision, load_manifest
 from ..errors import BackendUnavailableError, ConfigError, InputError
 from ..progress import Progress
 from . import fidelity as fid
-from .pipeline import _OUT_KIND, QuantizeResult, _own_bundle, write_quantized_bundle
+from .pipeline import _OUT_KIND, QuantizeResult, _own_bundle, plot_two_panels, stage_ticks, write_quantized_bundle
 
 log = logging.getLogger(__name__)
 
@@ -489,34 +489,28 @@ def build_report(m0, p: Precision, stages: Mapping[str, dict], analyze: bool) ->
 
 def write_plot(report: dict, path: Path) -> bool:
     """Per-stage sizes and weight SQNR as a PNG; False when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
     names = list(STAGES)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
     x = np.arange(len(names))
-    sz = report["sizes"]
-    fp32 = "fp32 (estimated)" if sz["total"]["fp32_bytes_estimated"] else "fp32"
-    for k, off, label in (("fp32_bytes", -0.27, fp32), ("source_bytes", 0.0, report["source_precision"]),
-                          ("bytes", 0.27, report["precision"])):
-        a1.bar(x + off, [sz[s][k] / 1e6 for s in names], 0.27, label=label)
-    a1.set_xticks(x, [n.replace("_", "\n") for n in names], fontsize=8)
-    a1.set_ylabel("MB")
-    a1.legend(fontsize=8)
-    data = [[r["sqnr_db"] for r in report["stages"][s]["weights"] if r["compressed"]] or [0.0] for s in names]
-    a2.boxplot(data)
-    a2.set_xticks(x + 1, [n.replace("_", "\n") for n in names], fontsize=8)
-    a2.axhline(report["policy"]["min_weight_sqnr_db"], color="grey", ls=":", label="floor (kept float below)")
-    a2.set_ylabel(f"weight SQNR dB ({report['precision']} vs float)")
-    a2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+
+    def sizes(a1) -> None:
+        sz = report["sizes"]
+        fp32 = "fp32 (estimated)" if sz["total"]["fp32_bytes_estimated"] else "fp32"
+        for k, off, label in (("fp32_bytes", -0.27, fp32), ("source_bytes", 0.0, report["source_precision"]),
+                              ("bytes", 0.27, report["precision"])):
+            a1.bar(x + off, [sz[s][k] / 1e6 for s in names], 0.27, label=label)
+        stage_ticks(a1, x, names)
+        a1.set_ylabel("MB")
+        a1.legend(fontsize=8)
+
+    def weight_sqnr(a2) -> None:
+        data = [[r["sqnr_db"] for r in report["stages"][s]["weights"] if r["compressed"]] or [0.0] for s in names]
+        a2.boxplot(data)
+        stage_ticks(a2, x + 1, names)
+        a2.axhline(report["policy"]["min_weight_sqnr_db"], color="grey", ls=":", label="floor (kept float below)")
+        a2.set_ylabel(f"weight SQNR dB ({report['precision']} vs float)")
+        a2.legend(fontsize=8)
+
+    return plot_two_panels(path, sizes, weight_sqnr)
 
 
 def format_report(report: dict) -> str:

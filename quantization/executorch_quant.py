@@ -35,7 +35,6 @@ Application layer (it runs the tracker).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -51,8 +50,9 @@ from ..errors import BackendUnavailableError, ConfigError, InputError
 from ..progress import Progress
 from . import fidelity as fid
 from .onnx_quant import StagePolicy, _group_of
-from .pipeline import (write_quantized_bundle, GROUP_MIN_SQNR_DB, STAGE_TARGETS, QuantizeResult, _OUT_KIND,
-                       _own_bundle, _summary, end_to_end, sensitivity)
+from .pipeline import (write_quantized_bundle, QuantizeResult, _OUT_KIND, _own_bundle, _summary, analyzed_policy,
+                       calibration_info, missed_targets, quantization_extra, sensitivity, stage_entry, stage_report,
+                       track_end_to_end)
 
 log = logging.getLogger(__name__)
 
@@ -364,12 +364,7 @@ def quantize_bundle(source, out, precision: Precision, *, calib: Optional[str] =
                                                        sq.run(mod, tensors[stage][k])) for k in sets}
 
                     analysis[stage] = sensitivity(sq, policy, measure, qdir / f"{stage}.probe")
-                    weak = sorted({r["name"] for r in analysis[stage]
-                                   if r["kind"] == "group" and r["sqnr_db"] < GROUP_MIN_SQNR_DB})
-                    if weak:
-                        policy = replace(policy, float_groups=tuple(sorted(set(policy.float_groups) | set(weak))),
-                                         reason=f"groups below {GROUP_MIN_SQNR_DB:g} dB alone kept float: "
-                                                f"{', '.join(weak)}")
+                    policy = analyzed_policy(policy, analysis[stage])
                 t0 = time.perf_counter()
                 converted, info = sq.quantize(policy)
                 t1 = time.perf_counter()
@@ -390,10 +385,8 @@ def quantize_bundle(source, out, precision: Precision, *, calib: Optional[str] =
                 res = measure_pte(stage)
                 held = res["held_out"]
                 policy = policies[stage]
-                if held["cosine"] < STAGE_TARGETS["cosine"] or held["sqnr_db"] < STAGE_TARGETS["sqnr_db"]:
-                    why = (f"fidelity target missed (held-out cosine {held['cosine']:.4f}, SQNR "
-                           f"{held['sqnr_db']:.1f} dB; targets >= {STAGE_TARGETS['cosine']}, "
-                           f">= {STAGE_TARGETS['sqnr_db']:g} dB): stage kept fp32 (its fp32 lowered graph)")
+                why = missed_targets(held, "stage kept fp32 (its fp32 lowered graph)")
+                if why:
                     log.warning("%s: %s", stage, why)
                     missed = {"policy": policy_dict(policy), **{k: _summary(v) for k, v in res.items()}}
                     policy = replace(policy, fp32=True, reason=why)
@@ -405,36 +398,18 @@ def quantize_bundle(source, out, precision: Precision, *, calib: Optional[str] =
                     res = measure_pte(stage)
                     res["quantized_attempt"] = missed
                 policies[stage] = policy
-                stages_report[stage] = {"policy": policy_dict(policy),
-                                        "quantized_nodes": infos[stage]["quantized_nodes"],
-                                        "float_nodes": len(infos[stage]["float_nodes"]),
-                                        "samples": {k: len(arrays[stage][k]) for k in ("calibration", "held_out")},
-                                        **res}
+                stages_report[stage] = stage_entry(policy_dict(policy), infos[stage],
+                                                   {k: len(arrays[stage][k]) for k in ("calibration", "held_out")}, res)
 
         # end to end: the quantised tracker (ExecuTorch runtime) against the fp32 tracker
-        q_backend = ExecuTorchBackend(spec, {s: qdir / f"{s}.pte" for s in STAGES}, threads=threads or None)
-        t0 = time.perf_counter()
-        q_run = track_clip(q_backend, frames, prompts)
-        e2e = end_to_end(ref_run.masks, q_run.masks, calib_frames)
-        e2e["seconds"] = round(time.perf_counter() - t0, 2)
-
-        report = {
-            "precision": p.value, "format": "executorch", "variant": m32.variant, "image_size": spec.image_size,
-            "method": METHOD[p],
-            "calibration": {"source": os.path.basename(calib_src), "frames": calib_frames,
-                            "held_out_frames": holdout_frames, "objects": objects, "prompts": prompts,
-                            "record_seconds": round(record_s, 2),
-                            "reference": "fp32 eager stages (torch backend)",
-                            "deterministic": "fixed frames and prompts; histogram ranges; no random sampling"},
-            "targets": {"stage": STAGE_TARGETS, "group_min_sqnr_db": GROUP_MIN_SQNR_DB},
-            "stages": stages_report,
-            "end_to_end": e2e,
-            "sizes": {s: {"fp32_bytes": m32.graphs[s].bytes, "bytes": (qdir / f"{s}.pte").stat().st_size}
-                      for s in STAGES},
-            "analysis": analysis,
-        }
-        report["sizes"]["total"] = {k: sum(v[k] for v in report["sizes"].values()) for k in ("fp32_bytes", "bytes")}
-        report = fid.rounded(report)
+        graph_files = {s: qdir / f"{s}.pte" for s in STAGES}
+        e2e = track_end_to_end(ExecuTorchBackend(spec, graph_files, threads=threads or None), ref_run, frames, prompts,
+                               calib_frames)
+        report = stage_report(
+            p, "executorch", m32, graph_files, stages_report, e2e, analysis, method=METHOD[p],
+            calibration=calibration_info(calib_src, calib_frames, holdout_frames, objects, prompts, record_s,
+                                         "fixed frames and prompts; histogram ranges; no random sampling",
+                                         reference="fp32 eager stages (torch backend)"))
 
         def extra_of(s: str, fpath: Path) -> dict:
             g = m32.graphs[s]
@@ -443,9 +418,7 @@ def quantize_bundle(source, out, precision: Precision, *, calib: Optional[str] =
             extra["precision"] = policies[s].to_dict()["precision"]
             extra["quant_ops"] = infos[s]["quant_ops"]
             extra["source_sha256"] = g.sha256
-            extra["quantization"] = {**policy_dict(policies[s]), "quantized_nodes": infos[s]["quantized_nodes"],
-                                     "float_nodes": infos[s]["float_nodes"],
-                                     "held_out": _summary(stages_report[s]["held_out"])}
+            extra["quantization"] = quantization_extra(policy_dict(policies[s]), infos[s], stages_report[s])
             return extra
 
         from ..export.bundle import library_versions
@@ -457,7 +430,7 @@ def quantize_bundle(source, out, precision: Precision, *, calib: Optional[str] =
             libraries["torchao"] = version("torchao")
         except Exception:  # noqa: BLE001 - informational only
             pass
-        final = write_quantized_bundle(out, m32, p, {s: qdir / f"{s}.pte" for s in STAGES}, extra_of, report,
+        final = write_quantized_bundle(out, m32, p, graph_files, extra_of, report,
                                        "sam2_edge.quantization.executorch_quant", t_start, libraries=libraries,
                                        sign_key=sign_key)
     finally:

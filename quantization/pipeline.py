@@ -140,7 +140,7 @@ def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[s
             m32 = load_manifest(fp32_dir)
         else:
             m32 = src_manifest
-        spec = m32.spec
+        spec = replace(m32.spec, obj_batches=(1,))  # quantised graphs: batch 1 (a source's batched graphs unused)
         io = spec.io()
         in_names = {s: [t.name for t in io[s][0]] for s in STAGES}
         out_names = {s: [t.name for t in io[s][1]] for s in STAGES}
@@ -181,20 +181,13 @@ def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[s
                 policy = default_policy(stage, p)
                 if analyze:
                     analysis[stage] = sensitivity(sq, policy, measure, qdir / f"{stage}.probe.onnx")
-                    weak = sorted({r["name"] for r in analysis[stage]
-                                   if r["kind"] == "group" and r["sqnr_db"] < GROUP_MIN_SQNR_DB})
-                    if weak:
-                        policy = replace(policy, float_groups=tuple(sorted(set(policy.float_groups) | set(weak))),
-                                         reason=f"groups below {GROUP_MIN_SQNR_DB:g} dB alone kept float: "
-                                                f"{', '.join(weak)}")
+                    policy = analyzed_policy(policy, analysis[stage])
                 path = qdir / f"{stage}.onnx"
                 info = sq.quantize(policy, path)
                 res = measure(policy, path, ("calibration", "held_out"))
                 held = res["held_out"]
-                if held["cosine"] < STAGE_TARGETS["cosine"] or held["sqnr_db"] < STAGE_TARGETS["sqnr_db"]:
-                    why = (f"fidelity target missed (held-out cosine {held['cosine']:.4f}, SQNR "
-                           f"{held['sqnr_db']:.1f} dB; targets >= {STAGE_TARGETS['cosine']}, "
-                           f">= {STAGE_TARGETS['sqnr_db']:g} dB): stage kept fp32")
+                why = missed_targets(held, "stage kept fp32")
+                if why:
                     log.warning("%s: %s", stage, why)
                     missed = {"policy": policy.to_dict(), **{k: _summary(v) for k, v in res.items()}}
                     policy = replace(policy, fp32=True, reason=why)
@@ -203,49 +196,32 @@ def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[s
                     res["quantized_attempt"] = missed
                 policies[stage] = policy
                 infos[stage] = info
-                stages_report[stage] = {"policy": policy.to_dict(), "quantized_nodes": info["quantized_nodes"],
-                                        "float_nodes": len(info["float_nodes"]),
-                                        "samples": {k: len(data[stage][k]) for k in ("calibration", "held_out")},
-                                        **res}
+                stages_report[stage] = stage_entry(policy.to_dict(), info, {k: len(data[stage][k]) for k in
+                                                                             ("calibration", "held_out")}, res)
                 bar.update(1, stage)
 
         # end to end: the quantised tracker against the fp32 tracker
-        q_backend = OnnxRuntimeBackend(spec, {s: qdir / f"{s}.onnx" for s in STAGES}, threads=threads)
-        t0 = time.perf_counter()
-        q_run = track_clip(q_backend, frames, prompts)
-        e2e = end_to_end(ref_run.masks, q_run.masks, calib_frames)
-        e2e["seconds"] = round(time.perf_counter() - t0, 2)
-
-        report = {
-            "precision": p.value, "format": "onnx", "variant": m32.variant, "image_size": spec.image_size,
-            "method": ("onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights, uint8 activations, "
-                       "MinMax calibration)" if p is Precision.INT8 else
-                       "onnxruntime.quantization.quantize_dynamic (per-channel int8 weights, uint8 activations "
-                       "quantised at run time)"),
-            "calibration": {"source": os.path.basename(calib_src), "frames": calib_frames, "held_out_frames":
-                            holdout_frames, "objects": objects, "prompts": prompts, "record_seconds": round(record_s, 2),
-                            "deterministic": "fixed frames and prompts; MinMax ranges; no random sampling"},
-            "targets": {"stage": STAGE_TARGETS, "group_min_sqnr_db": GROUP_MIN_SQNR_DB},
-            "stages": stages_report,
-            "end_to_end": e2e,
-            "sizes": {s: {"fp32_bytes": m32.graphs[s].bytes, "bytes": (qdir / f"{s}.onnx").stat().st_size}
-                      for s in STAGES},
-            "analysis": analysis,
-        }
-        report["sizes"]["total"] = {k: sum(v[k] for v in report["sizes"].values()) for k in ("fp32_bytes", "bytes")}
-        report = fid.rounded(report)
+        graph_files = {s: qdir / f"{s}.onnx" for s in STAGES}
+        e2e = track_end_to_end(OnnxRuntimeBackend(spec, graph_files, threads=threads), ref_run, frames, prompts,
+                               calib_frames)
+        report = stage_report(
+            p, "onnx", m32, graph_files, stages_report, e2e, analysis,
+            method=("onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights, uint8 activations, "
+                    "MinMax calibration)" if p is Precision.INT8 else
+                    "onnxruntime.quantization.quantize_dynamic (per-channel int8 weights, uint8 activations "
+                    "quantised at run time)"),
+            calibration=calibration_info(calib_src, calib_frames, holdout_frames, objects, prompts, record_s,
+                                         "fixed frames and prompts; MinMax ranges; no random sampling"))
 
         def extra_of(s: str, fpath: Path) -> dict:
             g = m32.graphs[s]
             extra = {k: v for k, v in dict(g.extra).items() if k in ("opset", "exporter")}
             extra.update(graph_info(fpath))
             extra["source_sha256"] = g.sha256
-            extra["quantization"] = {**policies[s].to_dict(), "quantized_nodes": infos[s]["quantized_nodes"],
-                                     "float_nodes": infos[s]["float_nodes"],
-                                     "held_out": _summary(stages_report[s]["held_out"])}
+            extra["quantization"] = quantization_extra(policies[s].to_dict(), infos[s], stages_report[s])
             return extra
 
-        final = write_quantized_bundle(out, m32, p, {s: qdir / f"{s}.onnx" for s in STAGES}, extra_of, report,
+        final = write_quantized_bundle(out, m32, p, graph_files, extra_of, report,
                                        "sam2_edge.quantization.pipeline", t_start, sign_key=sign_key)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -289,7 +265,9 @@ def write_quantized_bundle(out: Path, source, precision: Precision, graph_files:
             path = tmp / Path(graph_files[s]).name
             graphs[s] = GraphEntry(s, path.name, hash_graph(path), None, g.inputs, g.outputs,
                                    bytes=_graph_bytes(path), extra=fid.rounded(extra_of(s, path)))
+        # quantised bundles hold the batch-1 graphs of the stages (objects run one call each)
         manifest = replace(source, root=None, precision=precision, graphs=graphs,  # the report: hashed attachments
+                           spec=replace(source.spec, obj_batches=(1,)),
                            attachments=tuple(DataFile(f, hash_graph(tmp / f)) for f in report_files),
                            exporter={"name": "sam2-edge", "version": __version__, "module": module,
                                      "source_precision": Precision(source.precision).value, "report": REPORT_NAME,
@@ -309,6 +287,63 @@ def write_quantized_bundle(out: Path, source, precision: Precision, graph_files:
 
 def _summary(r: Mapping) -> dict:
     return {k: r[k] for k in ("cosine", "sqnr_db", "max_abs")}
+
+
+def analyzed_policy(policy: StagePolicy, rows: Sequence[Mapping]) -> StagePolicy:
+    """`policy` with every node group that costs more than GROUP_MIN_SQNR_DB alone (a `sensitivity` row)
+    kept float, the reason written."""
+    weak = sorted({r["name"] for r in rows if r["kind"] == "group" and r["sqnr_db"] < GROUP_MIN_SQNR_DB})
+    if not weak:
+        return policy
+    return replace(policy, float_groups=tuple(sorted(set(policy.float_groups) | set(weak))),
+                   reason=f"groups below {GROUP_MIN_SQNR_DB:g} dB alone kept float: {', '.join(weak)}")
+
+
+def missed_targets(held: Mapping, consequence: str) -> Optional[str]:
+    """The gate: None when a stage's held-out error `held` reaches STAGE_TARGETS, else the reason
+    (ending with `consequence`, what the flow does about it)."""
+    if not (held["cosine"] < STAGE_TARGETS["cosine"] or held["sqnr_db"] < STAGE_TARGETS["sqnr_db"]):
+        return None
+    return (f"fidelity target missed (held-out cosine {held['cosine']:.4f}, SQNR {held['sqnr_db']:.1f} dB; "
+            f"targets >= {STAGE_TARGETS['cosine']}, >= {STAGE_TARGETS['sqnr_db']:g} dB): {consequence}")
+
+
+def calibration_info(source: str, frames: int, held_out_frames: int, objects: int, prompts, record_seconds: float,
+                     deterministic: str, reference: Optional[str] = None) -> dict:
+    """The report's `calibration` entry (the same keys for every calibrated flow)."""
+    info = {"source": os.path.basename(source), "frames": frames, "held_out_frames": held_out_frames,
+            "objects": objects, "prompts": prompts, "record_seconds": round(record_seconds, 2)}
+    if reference is not None:
+        info["reference"] = reference
+    info["deterministic"] = deterministic
+    return info
+
+
+def stage_report(precision: Precision, fmt: str, source, graph_files: Mapping[str, Path], stages: dict, e2e: dict,
+                 analysis: dict, *, method: str, calibration: dict) -> dict:
+    """The fidelity report of a calibrated flow (ONNX, ExecuTorch), JSON-ready (`fid.rounded`): the
+    per-stage results, end to end, the targets, and each graph's size against the fp32 source
+    bundle's (`source`, a Manifest) with the total."""
+    report = {
+        "precision": precision.value, "format": fmt, "variant": source.variant, "image_size": source.spec.image_size,
+        "method": method,
+        "calibration": calibration,
+        "targets": {"stage": STAGE_TARGETS, "group_min_sqnr_db": GROUP_MIN_SQNR_DB},
+        "stages": stages,
+        "end_to_end": e2e,
+        "sizes": {s: {"fp32_bytes": source.graphs[s].bytes, "bytes": Path(graph_files[s]).stat().st_size}
+                  for s in STAGES},
+        "analysis": analysis,
+    }
+    report["sizes"]["total"] = {k: sum(v[k] for v in report["sizes"].values()) for k in ("fp32_bytes", "bytes")}
+    return fid.rounded(report)
+
+
+def quantization_extra(policy: dict, info: Mapping, stage: Mapping) -> dict:
+    """A graph's `extra["quantization"]` in the manifest: the policy (as the report writes it), the
+    node counts and the held-out error of the stage's report entry."""
+    return {**policy, "quantized_nodes": info["quantized_nodes"], "float_nodes": info["float_nodes"],
+            "held_out": _summary(stage["held_out"])}
 
 
 def sensitivity(sq: StageQuantizer, policy: StagePolicy, measure, probe: Path) -> List[dict]:
@@ -334,6 +369,25 @@ def sensitivity(sq: StageQuantizer, policy: StagePolicy, measure, probe: Path) -
     return rows
 
 
+def stage_entry(policy: dict, info: Mapping, samples: Mapping[str, int], res: Mapping) -> dict:
+    """One stage's entry in the report: the policy (as the report writes it), node counts, samples
+    per set and the measured error (`res`: calibration, held_out, the missed attempt if any)."""
+    return {"policy": policy, "quantized_nodes": info["quantized_nodes"], "float_nodes": len(info["float_nodes"]),
+            "samples": dict(samples), **res}
+
+
+def track_end_to_end(backend, ref_run, frames, prompts, calib_frames: int) -> dict:
+    """The quantised tracker (`backend`) over the calibration clip with the fp32 run's prompts,
+    scored against the fp32 run's masks (`end_to_end`), with the seconds it took."""
+    from .calibration import track_clip
+
+    t0 = time.perf_counter()
+    q_run = track_clip(backend, frames, prompts)
+    e2e = end_to_end(ref_run.masks, q_run.masks, calib_frames)
+    e2e["seconds"] = round(time.perf_counter() - t0, 2)
+    return e2e
+
+
 def end_to_end(ref: Sequence[Mapping[int, np.ndarray]], got: Sequence[Mapping[int, np.ndarray]],
                calib_frames: int) -> dict:
     """Per-frame mask IoU of the quantised tracker against the fp32 tracker (mean and min over
@@ -355,8 +409,9 @@ def end_to_end(ref: Sequence[Mapping[int, np.ndarray]], got: Sequence[Mapping[in
             "J": jf["J"], "F": jf["F"], "JF": jf["JF"]}
 
 
-def write_plot(report: dict, path: Path) -> bool:
-    """The IoU curve and per-stage SQNR as a PNG; False when matplotlib is not installed."""
+def plot_two_panels(path: Path, left, right) -> bool:
+    """The one figure of every quantised bundle's report: two panels side by side, `left(ax)` and
+    `right(ax)` draw them, written as a PNG to `path`; False when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -365,24 +420,41 @@ def write_plot(report: dict, path: Path) -> bool:
     except ImportError:
         return False
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    e2e = report["end_to_end"]
-    a1.plot(e2e["iou_curve"], label="mean over objects")
-    a1.plot(e2e["iou_min_curve"], label="min over objects")
-    a1.axvline(report["calibration"]["frames"] - 0.5, color="grey", ls=":", label="held-out from here")
-    a1.set_xlabel("frame")
-    a1.set_ylabel(f"mask IoU {report['precision']} vs fp32")
-    a1.set_ylim(0, 1.02)
-    a1.legend(fontsize=8)
-    names = list(report["stages"])
-    for k, off in (("calibration", -0.2), ("held_out", 0.2)):
-        a2.bar(np.arange(len(names)) + off, [min(report["stages"][s][k]["sqnr_db"], 80) for s in names], 0.4, label=k)
-    a2.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
-    a2.set_ylabel("SQNR dB (vs fp32)")
-    a2.legend(fontsize=8)
+    left(a1)
+    right(a2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def stage_ticks(ax, x, names) -> None:
+    """Stage names under bars at `x` (two lines each)."""
+    ax.set_xticks(x, [n.replace("_", "\n") for n in names], fontsize=8)
+
+
+def write_plot(report: dict, path: Path) -> bool:
+    """The IoU curve and per-stage SQNR as a PNG; False when matplotlib is not installed."""
+    def iou_curve(a1) -> None:
+        e2e = report["end_to_end"]
+        a1.plot(e2e["iou_curve"], label="mean over objects")
+        a1.plot(e2e["iou_min_curve"], label="min over objects")
+        a1.axvline(report["calibration"]["frames"] - 0.5, color="grey", ls=":", label="held-out from here")
+        a1.set_xlabel("frame")
+        a1.set_ylabel(f"mask IoU {report['precision']} vs fp32")
+        a1.set_ylim(0, 1.02)
+        a1.legend(fontsize=8)
+
+    def stage_sqnr(a2) -> None:
+        names = list(report["stages"])
+        for k, off in (("calibration", -0.2), ("held_out", 0.2)):
+            a2.bar(np.arange(len(names)) + off, [min(report["stages"][s][k]["sqnr_db"], 80) for s in names], 0.4,
+                   label=k)
+        stage_ticks(a2, range(len(names)), names)
+        a2.set_ylabel("SQNR dB (vs fp32)")
+        a2.legend(fontsize=8)
+
+    return plot_two_panels(path, iou_curve, stage_sqnr)
 
 
 def format_report(report: dict) -> str:
@@ -415,4 +487,5 @@ def format_report(report: dict) -> str:
 
 
 __all__ = ["quantize", "QuantizeResult", "check_precision", "write_quantized_bundle", "sensitivity", "end_to_end", "format_report",
-           "write_plot", "REPORT_NAME", "PLOT_NAME", "STAGE_TARGETS", "GROUP_MIN_SQNR_DB"]
+           "analyzed_policy", "missed_targets", "stage_entry", "track_end_to_end", "calibration_info", "stage_report", "quantization_extra", "write_plot", "plot_two_panels", "REPORT_NAME",
+           "PLOT_NAME", "STAGE_TARGETS", "GROUP_MIN_SQNR_DB"]

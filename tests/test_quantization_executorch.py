@@ -1,7 +1,9 @@
 """int8 / int8-dynamic ExecuTorch bundles (PT2E + XNNPACKQuantizer, lowered to XNNPACK) on the
 micro model: each exports, loads through the contract and tracks; the hashed fidelity report holds
 the thresholds written here (per stage on the lowered .pte vs the fp32 eager stage, and end to end
-vs the fp32 tracker); bad inputs give typed errors and leave no output folder.
+vs the fp32 tracker); bad inputs give typed errors and leave no output folder; and, on a checkpoint with
+injected outlier channels (-m slow), every stage still holds the per-stage targets or is kept fp32 by the
+gate, saying so.
 
 Thresholds come from measured micro values (seeded Gaussian weights), with margin; the measured
 numbers are in quantization/README.md (ExecuTorch section)."""
@@ -69,7 +71,8 @@ def _check_report(rep, precision):
     assert "sam_mask_decoder.pred_obj_score_head" in rep["stages"]["mask_decoder"]["policy"]["float_groups"]
 
 
-def _check_bundle(path, precision):
+def _check_bundle(path, precision, kept_fp32=()):
+    """`kept_fp32`: the stages the gate shipped as their fp32 graph (none on the clean micro model)."""
     from sam2_edge.runtimes import Tracker
 
     m = load_manifest(path)  # validates every hash, the report's included
@@ -81,9 +84,11 @@ def _check_bundle(path, precision):
         g = m.graphs[s]
         assert g.file == f"{s}.pte"
         q = g.extra["quantization"]
-        assert q["precision"] == precision and "float_groups" in q and "op_types_quantized" in q
+        assert q["precision"] == ("fp32" if s in kept_fp32 else precision), (s, q)
+        assert "float_groups" in q and "op_types_quantized" in q
         assert q["held_out"]["sqnr_db"] == rep["stages"][s]["held_out"]["sqnr_db"]
-        assert g.extra["source_sha256"] != g.sha256  # not the fp32 graph
+        # a quantised graph is not the fp32 one; a kept stage ships exactly the fp32 lowered graph
+        assert (g.extra["source_sha256"] == g.sha256) == (s in kept_fp32), s
         assert g.extra["heavy_delegated_share"] == 1.0, (s, g.extra)  # every conv / linear in XNNPACK
     tr = Tracker.from_bundle(str(path), isolate=False)
     assert tr.backend.name == "executorch"
@@ -183,3 +188,50 @@ def test_sensitivity_rows_per_group(micro_model, tmp_path):
         assert 0 < r["nodes"] < whole["nodes"] and r["sqnr_db"] >= whole["sqnr_db"] - 0.5, r
     assert {r["name"] for r in rows if r["kind"] == "op_type"} == {"linear", "conv"}
     assert not sq.converted  # every probe measured once
+
+
+# injected outliers (tests/test_quantization.py::_outlier_checkpoint, the checkpoint the ONNX flow's honesty
+# test uses: two LayerNorm gains x30 per norm of the image-encoder trunk and memory attention -> activation
+# outlier channels; two input columns x30 of every MLP's first layer -> weight outliers). Every stage either
+# ships int8 holding the gate's targets on held-out inputs (the lowered .pte vs the fp32 eager stage) or is
+# kept fp32 by the gate with the reason and the missed attempt written.
+OUTLIER_STAGE_COSINE = 0.99  # = pipeline.STAGE_TARGETS, the gate
+OUTLIER_STAGE_SQNR_DB = 20.0
+OUTLIER_KEPT_FP32_MIN_SQNR_DB = 40.0  # a kept stage: its fp32 lowered graph vs the eager stage (measured >= 50.3 dB)
+OUTLIER_MIN_E2E_IOU_MEAN = 0.80  # as the ONNX flow's honesty test
+OUTLIER_MIN_SQNR_LOSS_DB = 3.0   # the check bites: image_encoder's int8 attempt is this much under the clean one
+
+
+@pytest.mark.slow  # a second whole quantisation (XNNPACK lowering of every stage): minutes on 2 cores
+def test_outliers_hold_stage_targets(int8, tmp_path):
+    from test_quantization import _outlier_checkpoint
+
+    from sam2_edge.quantization.pipeline import STAGE_TARGETS
+
+    assert STAGE_TARGETS == {"cosine": OUTLIER_STAGE_COSINE, "sqnr_db": OUTLIER_STAGE_SQNR_DB}
+    ckpt = _outlier_checkpoint(tmp_path / "micro_outliers.pt")
+    r = _quantize(ckpt, tmp_path / "outliers-et-int8", "int8")
+    rep = r.report
+    kept = [s for s in STAGES if rep["stages"][s]["policy"]["precision"] == "fp32"]
+    clean = int8.report["stages"]["image_encoder"]["held_out"]["sqnr_db"]
+    ie = rep["stages"]["image_encoder"]
+    got = ie.get("quantized_attempt", ie)["held_out"]["sqnr_db"]
+    print("outliers (executorch int8): image_encoder SQNR", got, "dB vs clean", clean, "dB; kept fp32", kept,
+          "shipped held-out", {s: rep["stages"][s]["held_out"] for s in STAGES}, "int8 attempts held-out",
+          {s: rep["stages"][s]["quantized_attempt"]["held_out"] for s in kept},
+          "e2e", {k: rep["end_to_end"][k] for k in ("iou_mean", "iou_min", "JF")})
+    for s in STAGES:
+        st = rep["stages"][s]
+        held = st["held_out"]
+        if s in kept:  # kept fp32 by the gate, the reason and the missed int8 attempt written
+            assert st["policy"]["kept_fp32"] and "target missed" in st["policy"]["reason"], st["policy"]
+            miss = st["quantized_attempt"]["held_out"]
+            assert miss["cosine"] < OUTLIER_STAGE_COSINE or miss["sqnr_db"] < OUTLIER_STAGE_SQNR_DB, (s, miss)
+            assert st["quantized_nodes"] == 0
+            assert held["sqnr_db"] >= OUTLIER_KEPT_FP32_MIN_SQNR_DB, (s, held)
+        else:
+            assert st["policy"]["precision"] == "int8" and st["quantized_nodes"] > 0, s
+            assert held["cosine"] >= OUTLIER_STAGE_COSINE and held["sqnr_db"] >= OUTLIER_STAGE_SQNR_DB, (s, held)
+    assert got <= clean - OUTLIER_MIN_SQNR_LOSS_DB, (got, clean)  # the outliers do cost fidelity: the check bites
+    assert rep["end_to_end"]["iou_mean"] >= OUTLIER_MIN_E2E_IOU_MEAN, rep["end_to_end"]
+    _check_bundle(r.path, "int8", kept_fp32=kept)
