@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
+
+# Under pytest-xdist (README's test command runs one worker per core) each worker gets its share
+# of the cores, so torch / ONNX Runtime / XNNPACK thread pools do not oversubscribe them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _share = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
@@ -135,6 +142,21 @@ def check_mask_agreement(name: str, actual, expected, min_agreement: float, grou
     _REPORT.append((group, name, float(flipped), 1.0 - agree, 0.0, f"mask agreement >= {min_agreement}"))
     assert agree >= min_agreement, f"{name}: binary masks agree on {agree:.5%} of pixels (< {min_agreement:.2%})"
     return agree
+
+
+def pytest_sessionfinish(session):
+    """Under pytest-xdist, a worker hands its parity rows to the controller (below)."""
+    out = getattr(session.config, "workeroutput", None)
+    if out is not None:
+        out["parity_report"] = json.dumps(_REPORT)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist controller: collect a finished worker's parity rows for the summary."""
+    rows = getattr(node, "workeroutput", {}).get("parity_report")
+    if rows:
+        _REPORT.extend(tuple(r) for r in json.loads(rows))
 
 
 def pytest_terminal_summary(terminalreporter):
