@@ -383,9 +383,8 @@ def quantize_bundle(source, out, precision: Precision, *, calib: Optional[str] =
 
             for stage in STAGES:
                 res = measure_pte(stage)
-                held = res["held_out"]
                 policy = policies[stage]
-                why = missed_targets(held, "stage kept fp32 (its fp32 lowered graph)")
+                why = missed_targets(res, "stage kept fp32 (its fp32 lowered graph)")
                 if why:
                     log.warning("%s: %s", stage, why)
                     missed = {"policy": policy_dict(policy), **{k: _summary(v) for k, v in res.items()}}
