@@ -361,7 +361,9 @@ class Tracker:
         """Memory-conditioned features of a batch of objects: [B, C, f, f]."""
         f = self._frame
         fills = [o.memory.fill_inputs(f.index) for o in objs]
-        cat = np.concatenate
+
+        def cat(rows):  # one object (the common case): its ring itself, no per-frame copy
+            return rows[0] if len(rows) == 1 else np.concatenate(rows)
         (pix,) = self._run("memory_attention", (
             f.vision_feats, f.vision_pos, cat([o.memory.memory for o in objs]),  # [B, M, *frame]
             cat([i.mem_tpos for i in fills]), cat([i.mem_valid for i in fills]),  # [B, M]
