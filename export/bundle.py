@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 # the module of this package that exports each format of the contract's registry
 _EXPORTER_MODULE = {"onnx": "onnx_export", "executorch": "executorch_export", "coreml": "coreml_export"}
+# What the exported graphs compute, beyond the inputs of an export: raise it when a change of the
+# exporters changes the graphs (so caches such as `sam2-edge bench`'s re-export). Written into the
+# manifest's "exporter". 2: memory-attention values folded (fp32 ONNX / ExecuTorch).
+GRAPHS_REVISION = 2
 _LIBRARIES = ("torch", "onnx", "onnxscript", "onnxruntime", "executorch", "coremltools", "numpy")
 
 
@@ -116,6 +120,10 @@ def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: 
 
     t_start = time.perf_counter()
     model, cfg = load_checkpoint(checkpoint, variant, image_size)
+    if precision.value in exporter.FOLD_MEMORY_VALUES:  # exact: P.V at the memory width (memory_attention.py)
+        from ..modeling.memory_attention import fold_memory_values
+
+        log.debug("memory attention: values folded in %d cross-attentions", fold_memory_values(model))
     spec = replace(tracker_spec(model, cond_slots), obj_batches=obj_batches)
     io = spec.graph_io()
     keys = spec.graph_keys()
@@ -154,7 +162,8 @@ def export_bundle(checkpoint: str, out_dir: str, format: str = "onnx", variant: 
             root=None, schema_version=SCHEMA_VERSION, format=format, precision=precision, variant=cfg.name,
             model_config=cfg.to_dict(), spec=spec, graphs=graphs, preprocessing=Preprocessing(spec.image_size),
             checkpoint_sha256=sha256_file(str(checkpoint)), checkpoint_file=os.path.basename(str(checkpoint)),
-            exporter={"name": "sam2-edge", "version": __version__, "module": exporter.__name__,
+            exporter={"name": "sam2-edge", "version": __version__, "graphs_revision": GRAPHS_REVISION,
+                      "module": exporter.__name__,
                       "seconds": round(time.perf_counter() - t_start, 2)},
             libraries=library_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         manifest_bytes = manifest.to_json().encode("utf-8")

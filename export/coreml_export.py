@@ -46,6 +46,9 @@ FP32_OPS = frozenset({"reduce_sum", "clip", "real_div"})
 DEPLOYMENT_TARGET = "iOS17"
 SPECIFICATION_VERSION = 8  # iOS 17 / macOS 14
 OPSET = "CoreML7"
+# memory-attention value folding (modeling/memory_attention.py) is not used for CoreML: its numerics
+# cannot be checked on Linux, and the fp16 programs keep the official weight products.
+FOLD_MEMORY_VALUES = frozenset()
 
 # MIL proto DataType numbers -> numpy dtype names (the ones these programs use)
 _MIL_DTYPES = {1: "bool", 2: "string", 10: "float16", 11: "float32", 12: "float64", 21: "int8", 22: "int16", 23: "int32",

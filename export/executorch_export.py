@@ -51,6 +51,9 @@ from ..errors import BackendUnavailableError
 
 
 aten = torch.ops.aten
+# memory attention with folded values (P.V at width 64; modeling/memory_attention.py): the P.V
+# matrix product of the lowered attention shrinks 4x. fp32 only: fp16 keeps the official weight products.
+FOLD_MEMORY_VALUES = frozenset({"fp32"})
 
 # Ops that only move or re-view data (or are graph plumbing); everything else counts as
 # a compute op in the delegated share.

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import math
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -269,9 +270,22 @@ def test_cache_name_and_validation(tmp_path):
 
     from bundle_helpers import MICRO_SPEC, make_fake_bundle
 
+    from bundle_helpers import read_manifest, write_manifest
+    from sam2_edge.export.bundle import GRAPHS_REVISION
+
     fake = make_fake_bundle(tmp_path / "b13", spec=replace(MICRO_SPEC, obj_batches=(1, 3)))
+    # a bundle from an exporter whose graphs differ (no or another graphs_revision) is exported again
+    assert "older sam2-edge" in T.check_cached_bundle(fake, "onnx", None, None, None, (1, 3))
+    m = read_manifest(fake)
+    m["exporter"]["graphs_revision"] = GRAPHS_REVISION - 1
+    write_manifest(fake, m)
+    assert "older sam2-edge" in T.check_cached_bundle(fake, "onnx", None, None, None, (1, 3))
+    m["exporter"]["graphs_revision"] = GRAPHS_REVISION
+    write_manifest(fake, m)
     assert T.check_cached_bundle(fake, "onnx", None, None, None, (1, 3)) is None
     assert "object batches [1, 3], not [1]" in T.check_cached_bundle(fake, "onnx", None, None, None)
+    with mock.patch("sam2_edge.export.bundle.GRAPHS_REVISION", GRAPHS_REVISION + 1):  # the name follows it
+        assert a != T.bundle_cache_name("sam2.1-hiera-tiny", 512, "onnx", "random weights, torch.manual_seed(0)")
 
 
 def test_cache_dir_follows_xdg(monkeypatch, tmp_path):

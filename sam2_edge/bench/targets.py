@@ -108,13 +108,15 @@ def default_export_dir() -> Path:
 def bundle_cache_name(variant: str, image_size: Optional[int], fmt: str, weights_key: str,
                       obj_batches: Tuple[int, ...] = (1,)) -> str:
     """`<variant>-<size>-<format>-<12 hex>`: the hash covers the weights (a checkpoint's sha256, or
-    the random-weights seed), the format, the object batches and the sam2-edge version, so a cached
-    bundle is reused only for the same model, size, format and batched graphs."""
+    the random-weights seed), the format, the object batches, the sam2-edge version and the
+    exporters' graphs revision, so a cached bundle is reused only for the same model, size, format
+    and graphs."""
     from .. import __version__
+    from ..export.bundle import GRAPHS_REVISION
 
     batches = "" if tuple(obj_batches) == (1,) else f"|obj_batches {list(obj_batches)}"
     h = hashlib.sha256(f"{weights_key}|{variant}|{image_size}|{fmt}{batches}|sam2-edge {__version__}"
-                       .encode()).hexdigest()
+                       f"|graphs {GRAPHS_REVISION}".encode()).hexdigest()
     return f"{variant}-{image_size or 'default'}-{fmt}-{h[:12]}"
 
 
@@ -140,6 +142,10 @@ def check_cached_bundle(path: Path, fmt: str, variant: Optional[str], image_size
         return "the cached bundle was exported from another checkpoint"
     if m.spec.obj_batches != tuple(obj_batches):
         return f"the cached bundle has graphs for object batches {list(m.spec.obj_batches)}, not {list(obj_batches)}"
+    from ..export.bundle import GRAPHS_REVISION
+
+    if m.exporter.get("graphs_revision") != GRAPHS_REVISION:
+        return "the cached bundle was exported by an older sam2-edge (its graphs differ)"
     return None
 
 

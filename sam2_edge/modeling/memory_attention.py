@@ -6,7 +6,19 @@ computes what the official code computes on the shorter memory.
 
 SAM 2 / 2.1 cross-attend with `RoPEAttention` (every memory token of a frame rotated by the
 query table). EdgeTAM cross-attends with `RoPEAttentionv2`: each memory frame is
-[global latents ; 2-D latents], only the 2-D latents are rotated, by their own (smaller) table."""
+[global latents ; 2-D latents], only the 2-D latents are rotated, by their own (smaller) table.
+
+Value folding (`fold_memory_values`, used by the ONNX and ExecuTorch exporters). The cross-attention
+has one head and its values are never rotated, and every row of softmax(S) sums to 1, so
+
+    out_proj(softmax(S) (X W_v^T + b_v)) = (softmax(S) X) (W_o W_v)^T + (W_o b_v + b_o)
+
+exactly: the P.V product then runs at the memory width (64) instead of 256, and the value
+projection of the 28,736 memory tokens disappears. ONNX Runtime's fused MultiHeadAttention runs
+that 2.1x faster (v head size 64 vs 256, q/k 256; measured in benchmarks/README.md). Eager torch
+keeps the unfolded form: its CPU flash kernel needs equal q/k and v widths and falls back to the
+materialising math path otherwise (slower). The folded weights are computed in the forward pass
+from the official parameters, so loading stays strict and training still sees them."""
 
 from __future__ import annotations
 
@@ -21,17 +33,45 @@ from .position_encoding import apply_rope, rope_cos_sin
 from .transformer import Attention
 
 
+def _values(attn: Attention, v: torch.Tensor) -> torch.Tensor:
+    """[B, Nk, kv_in] -> [B, 1, Nk, d]: projected values, or (folded) the inputs themselves."""
+    return attn.split(v) if attn.fold_values else attn.split(attn.v_proj(v))
+
+
+def _project_out(attn: Attention, o: torch.Tensor) -> torch.Tensor:
+    """Attention output [B, Nq, d] (or [B, Nq, kv_in] folded) -> [B, Nq, C]."""
+    if not attn.fold_values:
+        return attn.out_proj(o)
+    w = attn.out_proj.weight @ attn.v_proj.weight  # [C, d] @ [d, kv_in] -> [C, kv_in]
+    b = attn.out_proj.weight @ attn.v_proj.bias + attn.out_proj.bias  # [C]
+    return F.linear(o, w, b)
+
+
+def fold_memory_values(model: nn.Module) -> int:
+    """Switch every single-head cross-attention whose values are narrower than its internal width
+    (memory attention: 64 -> 256) to the folded form (module docstring). Exact up to float
+    summation order; returns how many modules were switched."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, (RoPEAttention, RoPEAttentionv2)) and m.num_heads == 1 \
+                and m.v_proj.in_features < m.v_proj.out_features:
+            m.fold_values = True
+            n += 1
+    return n
+
+
 class RoPEAttention(Attention):
     def __init__(self, embedding_dim: int, feat_size: int, kv_in_dim: Optional[int] = None,
                  rope_theta: float = 10000.0) -> None:
         super().__init__(embedding_dim, num_heads=1, downsample_rate=1, kv_in_dim=kv_in_dim)
+        self.fold_values = False  # see fold_memory_values
         cos, sin = rope_cos_sin(self.internal_dim, feat_size, feat_size, rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # [hw, d/2]
         self.register_buffer("rope_sin", sin, persistent=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 num_k_exclude_rope: int = 0, key_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        q, k, v = self.split(self.q_proj(q)), self.split(self.k_proj(k)), self.split(self.v_proj(v))
+        q, k, v = self.split(self.q_proj(q)), self.split(self.k_proj(k)), _values(self, v)
         q = apply_rope(q, self.rope_cos, self.rope_sin)
         n_rope = k.shape[-2] - num_k_exclude_rope
         hw = q.shape[-2]
@@ -42,7 +82,7 @@ class RoPEAttention(Attention):
         k_rope = apply_rope(k[:, :, :n_rope].reshape(b * h * (n_rope // hw), hw, d),
                             self.rope_cos, self.rope_sin).reshape(b, h, n_rope, d)
         k = torch.cat([k_rope, k[:, :, n_rope:]], dim=2) if num_k_exclude_rope > 0 else k_rope
-        return self.out_proj(self.merge(attention(q, k, v, key_bias)))
+        return _project_out(self, self.merge(attention(q, k, v, key_bias)))
 
 
 class RoPEAttentionv2(Attention):
@@ -54,6 +94,7 @@ class RoPEAttentionv2(Attention):
     def __init__(self, embedding_dim: int, q_size: int, k_size: int, kv_in_dim: Optional[int] = None,
                  rope_theta: float = 10000.0) -> None:
         super().__init__(embedding_dim, num_heads=1, downsample_rate=1, kv_in_dim=kv_in_dim)
+        self.fold_values = False  # see fold_memory_values
         cos, sin = rope_cos_sin(self.internal_dim, q_size, q_size, rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # [q_size^2, d/2]
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -63,7 +104,7 @@ class RoPEAttentionv2(Attention):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0,
                 key_bias: Optional[torch.Tensor] = None, rope_k_repeat: int = 1) -> torch.Tensor:
-        q, k, v = self.split(self.q_proj(q)), self.split(self.k_proj(k)), self.split(self.v_proj(v))
+        q, k, v = self.split(self.q_proj(q)), self.split(self.k_proj(k)), _values(self, v)
         q = apply_rope(q, self.rope_cos, self.rope_sin)
         b, h, n, d = k.shape
         n_mem = n - num_k_exclude_rope
@@ -73,7 +114,7 @@ class RoPEAttentionv2(Attention):
         rot = apply_rope(frames[:, per_frame - n_rot:], self.rope_k_cos, self.rope_k_sin)
         frames = torch.cat([frames[:, :per_frame - n_rot], rot], dim=1).reshape(b, h, n_mem, d)
         k = torch.cat([frames, k[:, :, n_mem:]], dim=2) if num_k_exclude_rope > 0 else frames
-        return self.out_proj(self.merge(attention(q, k, v, key_bias)))
+        return _project_out(self, self.merge(attention(q, k, v, key_bias)))
 
 
 class MemoryAttentionLayer(nn.Module):
