@@ -167,7 +167,8 @@ def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[s
         steps = len(STAGES)
         with Progress(steps, f"quantize {m32.variant} -> onnx {p.value}", enabled=show_progress) as bar:
             for stage in STAGES:
-                sq = StageQuantizer(stage, m32.graphs[stage].path, data[stage]["calibration"], work / f"q-{stage}")
+                sq = StageQuantizer(stage, m32.graphs[stage].path, data[stage]["calibration"], work / f"q-{stage}",
+                                    optimize=p == Precision.INT8)
                 ref = {k: run_graph(m32.graphs[stage].path, data[stage][k], out_names[stage], threads)
                        for k in ("calibration", "held_out")}
 

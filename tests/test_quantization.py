@@ -107,6 +107,34 @@ def test_int8_static_bundle(int8):
     assert m.graphs["image_encoder"].extra["quant_ops"].get("QuantizeLinear", 0) > 0
 
 
+def test_static_int8_quantises_linear_layers_with_their_bias(int8):
+    """Static int8 graphs are prepared with ORT's basic optimiser: every linear layer is one Gemm
+    whose bias is an int32 tensor of the integer product (QGemm at load), not a float Add between a
+    dequantise and a quantise; the module paths carried over keep the float groups float."""
+    import onnx
+    from onnx import TensorProto
+
+    g = onnx.load(str(int8.path / "image_encoder.onnx")).graph
+    produced_by = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    gemms = [n for n in g.node if n.op_type == "Gemm"]
+    assert len(gemms) >= 4
+    for n in gemms:
+        dq = produced_by[n.input[2]]
+        assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].data_type == TensorProto.INT32, n.name
+        # the module path of the MatMul it was fused from (what the policy's groups are read from)
+        assert "image_encoder" in {p.key: p.value for p in n.metadata_props}.get("namespace", ""), n.name
+    dec = onnx.load(str(int8.path / "mask_decoder.onnx")).graph
+    produced_by = {o: n for n in dec.node for o in n.output}
+    kept = 0
+    for n in dec.node:
+        ns = {p.key: p.value for p in n.metadata_props}.get("namespace", "")
+        if n.op_type in ("Gemm", "MatMul", "ConvTranspose") and ("output_upscaling" in ns or "pred_obj_score_head" in ns):
+            assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear" for i in n.input), n.name
+            kept += 1
+    assert kept >= 3  # the float groups' nodes were found by their carried module paths
+
+
 def test_sensitivity_analysis_has_rows_per_stage(int8):
     from sam2_edge.quantization.pipeline import format_report
 
