@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 _EXPORTER_MODULE = {"onnx": "onnx_export", "executorch": "executorch_export", "coreml": "coreml_export"}
 # What the exported graphs compute, beyond the inputs of an export: raise it when a change of the
 # exporters changes the graphs (so caches such as `sam2-edge bench`'s re-export). Written into the
-# manifest's "exporter". 2: memory-attention values folded (fp32 ONNX / ExecuTorch).
-GRAPHS_REVISION = 2
+# manifest's "exporter". 2: memory-attention values folded (fp32 ONNX / ExecuTorch); 3: W_o W_v held
+# as one constant instead of computed in the graph.
+GRAPHS_REVISION = 3
 _LIBRARIES = ("torch", "onnx", "onnxscript", "onnxruntime", "executorch", "coremltools", "numpy")
 
 

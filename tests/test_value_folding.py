@@ -4,7 +4,8 @@ The cross-attention has one head and unrotated values, and softmax rows sum to 1
 out_proj(P (X W_v^T + b_v)) = (P X)(W_o W_v)^T + (W_o b_v + b_o): the ONNX and ExecuTorch
 exporters trace that form (the P.V product at the memory width). Checked here:
 
-* eager, SAM 2 (micro) and EdgeTAM (edgetam_micro): the folded stage equals the official form on
+* eager, SAM 2 (micro) and EdgeTAM (edgetam_micro): the folded stage (W_o W_v and W_o b_v + b_o
+  computed once, as non-persistent buffers) equals the official form on
   random memories with absent slots, within FOLD_TOL x max(1, |x|) (measured ~3e-7 relative);
   the parameter names and shapes are unchanged (loading stays strict), and only the
   cross-attentions with narrower values are switched;
@@ -67,7 +68,7 @@ def test_folded_stage_equals_official_form(ckpt):
     for layer in model.memory_attention.layers:
         assert layer.cross_attn_image.fold_values and not layer.self_attn.fold_values
         assert isinstance(layer.cross_attn_image, (RoPEAttention, RoPEAttentionv2))
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == names
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == names  # buffers not persistent
     for r, g in zip(ref, got):
         d = ((g - r).abs() / r.abs().clamp(min=1.0)).max().item()
         assert d <= FOLD_TOL, d
@@ -104,6 +105,12 @@ def test_folded_onnx_export_runs_values_at_memory_width(tmp_path):
     g = onnx.load(str(path)).graph
     fused = [n for n in g.node if n.op_type == FUSED_OP and n.domain == MS_DOMAIN]
     assert len(fused) == 2 * layers
+    # W_o W_v is one constant of the graph, not a product of two weights computed at every call
+    # (which quantisers would also take for a layer)
+    inits = {i.name: tuple(i.dims) for i in g.initializer}
+    assert not [n.name for n in g.node if n.op_type in ("MatMul", "Gemm") and all(i in inits for i in n.input[:2])]
+    assert not [k for k in inits if "v_proj" in k and "cross_attn" in k]  # the value projection is gone
+    assert sum(1 for d in inits.values() if sorted(d) == sorted((spec.d_model, spec.mem_dim))) >= layers
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -17,8 +17,11 @@ exactly: the P.V product then runs at the memory width (64) instead of 256, and 
 projection of the 28,736 memory tokens disappears. ONNX Runtime's fused MultiHeadAttention runs
 that 2.1x faster (v head size 64 vs 256, q/k 256; measured in benchmarks/README.md). Eager torch
 keeps the unfolded form: its CPU flash kernel needs equal q/k and v widths and falls back to the
-materialising math path otherwise (slower). The folded weights are computed in the forward pass
-from the official parameters, so loading stays strict and training still sees them."""
+materialising math path otherwise (slower). The folded weights are computed once, when
+`fold_memory_values` is called on the loaded model, and held as non-persistent buffers: loading
+stays strict on the official names, and the exported graphs hold W_o W_v as one constant (a
+product computed in the graph would run every call and be quantised as if it were a layer).
+Folding is for inference and export; the module no longer follows later changes of W_v / W_o."""
 
 from __future__ import annotations
 
@@ -42,19 +45,23 @@ def _project_out(attn: Attention, o: torch.Tensor) -> torch.Tensor:
     """Attention output [B, Nq, d] (or [B, Nq, kv_in] folded) -> [B, Nq, C]."""
     if not attn.fold_values:
         return attn.out_proj(o)
-    w = attn.out_proj.weight @ attn.v_proj.weight  # [C, d] @ [d, kv_in] -> [C, kv_in]
-    b = attn.out_proj.weight @ attn.v_proj.bias + attn.out_proj.bias  # [C]
-    return F.linear(o, w, b)
+    return F.linear(o, attn.folded_weight, attn.folded_bias)  # W_o W_v [C, kv_in], W_o b_v + b_o [C]
 
 
 def fold_memory_values(model: nn.Module) -> int:
     """Switch every single-head cross-attention whose values are narrower than its internal width
     (memory attention: 64 -> 256) to the folded form (module docstring). Exact up to float
-    summation order; returns how many modules were switched."""
+    summation order; returns how many modules were switched. Call it on the loaded model: the
+    folded weights are computed now, from the current W_v / W_o."""
     n = 0
     for m in model.modules():
         if isinstance(m, (RoPEAttention, RoPEAttentionv2)) and m.num_heads == 1 \
                 and m.v_proj.in_features < m.v_proj.out_features:
+            with torch.no_grad():
+                w = m.out_proj.weight @ m.v_proj.weight  # [C, d] @ [d, kv_in] -> [C, kv_in]
+                b = m.out_proj.weight @ m.v_proj.bias + m.out_proj.bias  # [C]
+            m.register_buffer("folded_weight", w, persistent=False)
+            m.register_buffer("folded_bias", b, persistent=False)
             m.fold_values = True
             n += 1
     return n
