@@ -119,6 +119,12 @@ def open_bundle(bundle_dir, backend: Optional[str] = None, *, trusted_keys: Opti
     unknown = sorted(set(options) - takes) if "*" not in takes else []
     if unknown:
         raise InputError(f"backend {name!r} does not take options {unknown}; it takes {sorted(takes) or 'none'}")
+    if "low_memory" in takes and "low_memory" not in options:
+        # A backend's low-memory mode (ONNX Runtime: no arenas, freed blocks returned to the system)
+        # is the default for float bundles only. Quantised graphs are a third of the weights, and
+        # their many small quantise / dequantise tensors made every run re-map its buffers: tiny's
+        # int8 image encoder @ 512 ran 1.6x slower that way (benchmarks/README.md).
+        options = dict(options, low_memory=not manifest.precision.quantized)
     signer = check_origin(bundle, trusted_keys, require_signature)
     if isolate is None:
         isolate = signer is None

@@ -135,6 +135,18 @@ def test_static_int8_quantises_linear_layers_with_their_bias(int8):
     assert kept >= 3  # the float groups' nodes were found by their carried module paths
 
 
+def test_quantized_bundles_keep_onnxruntime_arenas(fp32, int8):
+    """open_bundle runs float bundles in the low-memory mode and quantised ones with ONNX Runtime's
+    arenas (their many small Q/DQ tensors made every run re-map its buffers), unless told."""
+    from sam2_edge.runtimes.bundle_backends import open_bundle
+
+    q = open_bundle(int8.path, "onnxruntime", isolate=False, threads=1)
+    f = open_bundle(fp32, "onnxruntime", isolate=False, threads=1)
+    assert q.low_memory is False and f.low_memory is True
+    assert all(s.get_session_options().enable_cpu_mem_arena for s in q.sessions.values())
+    assert open_bundle(int8.path, "onnxruntime", isolate=False, threads=1, low_memory=True).low_memory is True
+
+
 def test_sensitivity_analysis_has_rows_per_stage(int8):
     from sam2_edge.quantization.pipeline import format_report
 

@@ -103,7 +103,8 @@ class OnnxRuntimeBackend(Backend):
         """low_memory (default): each stage's buffers are freed after its run (no per-session
         arena, large blocks returned to the system), so the process peak is the largest stage's
         (tiny @ 1024: 1.1 GiB instead of 2.7); False keeps ONNX Runtime's arenas, ~9 % faster per
-        frame where memory is plentiful (benchmarks/README.md, "ONNX Runtime: where the memory goes")."""
+        frame where memory is plentiful (benchmarks/README.md, "ONNX Runtime: where the memory goes").
+        `open_bundle` passes low_memory=False for quantised bundles unless told otherwise."""
         super().__init__(spec)
         ort = _import_ort()
         self.ort = ort
