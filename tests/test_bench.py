@@ -91,9 +91,18 @@ def test_bench_micro_json(tmp_path, capsys):
     assert "image_enc" in text and "fps" in text and "first frame" in text
 
 
-def test_bench_two_targets_interleaved_ratios(tmp_path):
-    """Two targets in one run (here the torch backend twice: an A/A run) get ratios vs the first."""
+def test_bench_two_targets_interleaved_ratios(tmp_path, monkeypatch):
+    """Two targets in one run (here the torch backend twice: an A/A run) get ratios vs the first;
+    each interleaved timed call (2 first-frame repeats + 9 streamed frames, per target) starts after
+    SETTLE_S of idle time, so no target runs on cores the other's spinning threads still hold."""
+    from sam2_edge.bench import protocol
+
+    sleeps = []
+    real_sleep = protocol.time.sleep
+    monkeypatch.setattr(protocol.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
     rep = _bench(tmp_path, "--threads", "1,1", "--prompt-repeats", "2")
+    assert sleeps.count(protocol.SETTLE_S) == 2 * (2 + 9) and protocol.SETTLE_S > 0
+    assert rep["config"]["settle_ms"] == 1000 * protocol.SETTLE_S
     a, b = rep["targets"]
     assert a["label"] != b["label"]
     assert a["runs"]["1"]["vs_first"]["fps"] == 1.0

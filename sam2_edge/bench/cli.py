@@ -201,6 +201,7 @@ def bench(a: argparse.Namespace) -> dict:
             "random_weights": plan.random_weights and not a.bundle,
             "steady_from_frame": extra["steady_from_frame"],
             "interleaved": True,
+            "settle_ms": extra.get("settle_ms", 0),  # idle time before each interleaved timed call
         }
         return report(targets, config, notes, machine, time.perf_counter() - t_start, plan.skipped, interrupted)
     finally:

@@ -1,10 +1,19 @@
 """How `sam2-edge bench` measures: the frames and prompts every target gets, and the
 interleaved loop (cold first frame and warm-up, first-frame latency, streaming with full
-memory) that fills each Target's results."""
+memory) that fills each Target's results.
+
+Interleaving fairness: every runtime's worker threads spin for a while after a call before they
+sleep (OpenMP in torch, ONNX Runtime's pool, XNNPACK's pthreadpool). On a 2-core machine the
+target that runs next found its cores taken by the previous target's spinning threads (torch,
+whose own OpenMP threads wait for each other, lost the most: tiny @ 512 image encoder 610 ms
+after an ONNX Runtime target vs ~440 ms on its own). So when several targets interleave, each
+timed call starts after SETTLE_S of idle time (not counted), as it would in a process that runs
+one runtime."""
 
 from __future__ import annotations
 
 import gc
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -22,6 +31,7 @@ ROWS = STAGE_NAMES + ("pre_post", "total")  # pre_post = total - the four stages
 # frames are measured once every object's memory ring is full: from frame num_maskmem + 1 on
 # (num_maskmem = 7 in every released variant; the run checks each target's spec)
 STEADY_FROM_DEFAULT = 8
+SETTLE_S = 0.05  # idle time before each timed call when targets interleave (module docstring)
 
 
 def stats(xs: Sequence[float]) -> Dict[str, float]:
@@ -153,9 +163,11 @@ def run_bench(targets: List[Target], frames: List[np.ndarray], objects: List[int
                 bar.message(f"bench: {t.label}: cold first frame {_fmt(t.cold_first_ms, 'ms')}")
             # 2. first-frame (prompt) latency, interleaved
             phase = "first-frame latency"
+            settle = (lambda: time.sleep(SETTLE_S)) if n > 1 else (lambda: None)
             for r in range(prompt_repeats):
                 for t in _rotate(targets, r):
                     t.tracker.reset()
+                    settle()
                     t.prompt_samples.append(_prompt_frame(t, frame(r), one))
                     bar.update(1, t.label)
             for t in targets:
@@ -177,6 +189,7 @@ def run_bench(targets: List[Target], frames: List[np.ndarray], objects: List[int
                 gc.collect()
                 for i in range(1, n_frames):
                     for t in _rotate(targets, i):
+                        settle()
                         res = t.call(lambda i=i: t.tracker.track(frame(i)))
                         if i >= steady_from:
                             per[t.label]["frames"].append(_timings(res))
@@ -194,4 +207,4 @@ def run_bench(targets: List[Target], frames: List[np.ndarray], objects: List[int
                     if p is not None and p["frames"]:
                         _finish_run(t, k_running, p["first"], p["frames"], False)
             return {"steady_from_frame": steady_from, "interrupted": True, "interrupted_during": phase}
-    return {"steady_from_frame": steady_from, "interrupted": False}
+    return {"steady_from_frame": steady_from, "interrupted": False, "settle_ms": 1000 * SETTLE_S if n > 1 else 0}

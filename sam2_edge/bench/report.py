@@ -122,7 +122,9 @@ def format_table(rep: dict) -> str:
                  f"load average (1/5/15 min) start {lo[0]} end {lo[1]}")
     lines.append(f"protocol {c['frames']} frames per run, measured from frame {c['steady_from_frame']} on "
                  f"(memory full): {c['frames'] - c['steady_from_frame']} frames; warm-up {c['warmup']}; "
-                 f"targets interleaved frame by frame; ratios vs {rep['targets'][0]['label']}")
+                 f"targets interleaved frame by frame"
+                 f"{' (%g ms idle before each call)' % c['settle_ms'] if c.get('settle_ms') else ''}; "
+                 f"ratios vs {rep['targets'][0]['label']}")
     for note in rep["notes"]:
         lines.append(f"note     {note}")
     if rep.get("interrupted"):
