@@ -3,12 +3,12 @@ interleaved loop (cold first frame and warm-up, first-frame latency, streaming w
 memory) that fills each Target's results.
 
 Interleaving fairness: every runtime's worker threads spin for a while after a call before they
-sleep (OpenMP in torch, ONNX Runtime's pool, XNNPACK's pthreadpool). On a 2-core machine the
-target that runs next found its cores taken by the previous target's spinning threads (torch,
-whose own OpenMP threads wait for each other, lost the most: tiny @ 512 image encoder 610 ms
-after an ONNX Runtime target vs ~440 ms on its own). So when several targets interleave, each
-timed call starts after SETTLE_S of idle time (not counted), as it would in a process that runs
-one runtime."""
+sleep (OpenMP in torch, ONNX Runtime's pool, XNNPACK's pthreadpool), so on a 2-core machine the
+target that runs next can find its cores taken. When several targets interleave, each timed call
+starts after SETTLE_S of idle time (not counted). Measured: it does not remove the whole effect
+-- torch's tiny @ 512 image encoder is ~640 ms in a run with ONNX Runtime and ExecuTorch targets,
+with or without the pause, vs ~440 ms in a torch-only run (benchmarks/README.md) -- so compare a
+runtime with torch also in runs of their own."""
 
 from __future__ import annotations
 
