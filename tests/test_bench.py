@@ -115,6 +115,26 @@ def test_bench_two_targets_interleaved_ratios(tmp_path, monkeypatch):
     assert b["first_frame_vs_first"] > 0
 
 
+def test_bench_several_checkpoints_one_run(tmp_path, capsys):
+    """`--checkpoint A --checkpoint B`: each checkpoint's torch row in one interleaved run, labelled
+    with its variant, with its own model size; the second row's ratios are against the first."""
+    edgetam = Path(__file__).parent / "fixtures" / "edgetam_micro" / "edgetam_micro_seed7.fp16.pt"
+    rep = _bench(tmp_path, "--threads", "1", "--checkpoint", str(edgetam), "--prompt-repeats", "1")
+    a, b = rep["targets"]
+    assert (a["label"], a["variant"]) == ("torch [micro]", "micro")
+    assert b["variant"] == "edgetam-micro" and b["label"] == "torch [edgetam-micro]"
+    assert a["source"] == str(_micro()) and b["source"] == str(edgetam)
+    assert a["model_bytes"] == 4 * 1_457_906 and b["model_bytes"] != a["model_bytes"]
+    assert rep["config"]["checkpoints"] == [str(_micro()), str(edgetam)]
+    r = b["runs"]["1"]["vs_first"]["fps"]
+    assert math.isclose(r, b["runs"]["1"]["fps"] / a["runs"]["1"]["fps"], rel_tol=1e-2)
+    assert "torch [edgetam-micro]" in capsys.readouterr().out
+    # one --variant cannot name the variants of two checkpoints
+    assert main(["bench", "--checkpoint", str(_micro()), "--checkpoint", str(edgetam), "--variant", "micro",
+                 "--no-progress"]) == 2
+    assert "leave --variant out" in capsys.readouterr().err
+
+
 def test_bench_rejects_too_few_frames(capsys):
     assert main(["bench", "--checkpoint", str(_micro()), "--frames", "8", "--no-progress"]) == 2
     assert "--frames must be > 8" in capsys.readouterr().err

@@ -4,6 +4,7 @@
     sam2-edge bench --checkpoint sam2.1_hiera_tiny.pt --backends torch,onnx --image-size 512
     sam2-edge bench --bundle bundles/tiny-onnx --bundle bundles/tiny-et --json out.json --plot out.png
     sam2-edge bench --variant sam2.1-hiera-tiny --backends torch --threads 1,2,4
+    sam2-edge bench --checkpoint sam2.1_hiera_tiny.pt --checkpoint edgetam.pt --backends torch,executorch
 
 What is measured, per target (a backend running a model; several in ONE run):
 
@@ -22,7 +23,9 @@ What is measured, per target (a backend running a model; several in ONE run):
   intra_op_num_threads, the ExecuTorch threadpool).
 
 Targets are run interleaved frame by frame (round-robin, the order rotated every frame), so a
-change of machine load hits every target alike; ratios are against the first target.
+change of machine load hits every target alike; ratios are against the first target. Several
+--checkpoint (a student beside its teacher, EdgeTAM beside tiny) run every backend for each
+checkpoint in the same run, the rows labelled with the variant (`torch [edgetam]`).
 
 With no arguments (random weights) the run is sized to finish in minutes on a small CPU:
 sam2.1-hiera-tiny at 512 px and 12 frames (the config's "defaults" and a note say so;

@@ -160,12 +160,16 @@ def bench(a: argparse.Namespace) -> dict:
         if "warmup" in chosen or "prompt_repeats" in chosen:
             said.append(f"{a.warmup} warm-up frame(s), {a.prompt_repeats} first-frame samples")
         notes.append("quick default (sized to finish in minutes on a small CPU): " + "; ".join(said))
-    plan = Plan(a, threads, notes)
+    if a.checkpoint and len(a.checkpoint) > 1 and a.variant:
+        raise InputError("--variant names the variant of one checkpoint; with several --checkpoint each one's "
+                         "variant is read from its weights (leave --variant out)")
+    plans = [Plan(a, threads, notes, checkpoint=c) for c in (a.checkpoint or [None])]
+    plan = plans[0]
     try:
         try:
-            targets = build_targets(a, plan, notes)
+            targets = build_targets(a, plans, notes)
         except KeyboardInterrupt:
-            done = [e["bundle"] for e in plan.exports.values()]
+            done = [e["bundle"] for p in plans for e in p.exports.values()]
             log.warning("interrupted before any measurement: nothing to report%s", f" (bundles kept for the next "
                         f"run: {', '.join(done)})" if done else "")
             raise
@@ -197,7 +201,10 @@ def bench(a: argparse.Namespace) -> dict:
             "threads": threads,
             "defaults": chosen,  # what this run chose for options left out (quick default size / frames)
             "export_dir": str(plan.export_dir()),
-            "exports": plan.exports,  # format -> {"bundle", "cached", "export_seconds"}
+            # format -> {"bundle", "cached", "export_seconds"}; with several --checkpoint: "<format>:<file name>"
+            "exports": plan.exports if len(plans) == 1 else {
+                f"{fmt}:{Path(str(p.given_checkpoint)).name}": e for p in plans for fmt, e in p.exports.items()},
+            "checkpoints": list(a.checkpoint or []),
             "random_weights": plan.random_weights and not a.bundle,
             "steady_from_frame": extra["steady_from_frame"],
             "interleaved": True,
@@ -205,7 +212,8 @@ def bench(a: argparse.Namespace) -> dict:
         }
         return report(targets, config, notes, machine, time.perf_counter() - t_start, plan.skipped, interrupted)
     finally:
-        plan.cleanup()
+        for p in plans:
+            p.cleanup()
 
 
 @subcommand("bench")
@@ -221,7 +229,10 @@ def _bench(p: argparse.ArgumentParser):
     p.add_argument("--bundle-backend", default=None, help="backend for --bundle (default: the bundle's format)")
     p.add_argument("--variant", default=None,
                    help=f"model variant; without --checkpoint: random weights of it (default {DEFAULT_VARIANT})")
-    p.add_argument("--checkpoint", default=None, help="official .pt checkpoint (torch; exported for other backends)")
+    p.add_argument("--checkpoint", action="append", default=None,
+                   help="official .pt checkpoint (torch; exported for other backends). Repeatable: every "
+                        "backend runs each checkpoint, interleaved, labelled with its variant (e.g. a student "
+                        "beside its teacher)")
     p.add_argument("--backends", default=None, metavar="LIST",
                    help="comma list of torch, onnx, executorch, coreml, all (onnx / executorch / coreml export a "
                         "bundle, cached in --export-dir). 'all': every backend that runs here, the others listed "

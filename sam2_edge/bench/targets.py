@@ -286,14 +286,16 @@ def _muted(logger: str, on: bool):
 class Plan:
     """Builds the targets a command line asks for."""
 
-    def __init__(self, a: argparse.Namespace, threads: List[int], notes: List[str]) -> None:
+    def __init__(self, a: argparse.Namespace, threads: List[int], notes: List[str],
+                 checkpoint: Optional[str] = None) -> None:
         self.a = a
         self.threads = threads
         self.notes = notes
         self.tmp: Optional[tempfile.TemporaryDirectory] = None
         self._model = None
-        self._checkpoint: Optional[str] = a.checkpoint
-        self.random_weights = a.checkpoint is None
+        self.given_checkpoint = checkpoint  # one --checkpoint (a Plan each); None: random weights
+        self._checkpoint: Optional[str] = checkpoint  # or the random weights saved for an exporter
+        self.random_weights = checkpoint is None
         self.variant: Optional[str] = a.variant
         self._noted_own_scheduling = False
         self.skipped: List[Dict[str, str]] = []  # backends that did not run here, and why
@@ -485,10 +487,22 @@ def _unique_labels(targets: List[Target], several_threads: bool) -> None:
             seen[t.label] = 1
 
 
-def build_targets(a: argparse.Namespace, plan: Plan, notes: List[str]) -> List[Target]:
-    """The targets of the command line. A backend named in --backends that cannot run here is an
-    error; one that `all` (or the no-argument default) adds is skipped: `plan.skipped` and a note
-    say which and why."""
+def _tag_checkpoints(plans: List[Plan], per_plan: List[List[Target]]) -> None:
+    """Several --checkpoint: each plan's rows are labelled with its variant (`torch [edgetam]`), or
+    with the checkpoint's file name where two checkpoints are of one variant."""
+    variants = [p.variant for p in plans]
+    stems = [Path(str(p.given_checkpoint)).stem for p in plans]
+    tags = variants if len(set(variants)) == len(variants) else stems
+    for tag, rows in zip(tags, per_plan):
+        for t in rows:
+            t.label = f"{t.label} [{tag}]"
+
+
+def build_targets(a: argparse.Namespace, plans: List[Plan], notes: List[str]) -> List[Target]:
+    """The targets of the command line: every backend for each plan (one per --checkpoint, or one of
+    random weights), then the --bundle folders. A backend named in --backends that cannot run here
+    is an error; one that `all` (or the no-argument default) adds is skipped: `plans[0].skipped`
+    and a note say which and why (once, whatever the number of checkpoints)."""
     named: Set[str] = set()
     if a.backends is not None:
         backends, named = parse_backends_named(a.backends)
@@ -512,33 +526,42 @@ def build_targets(a: argparse.Namespace, plan: Plan, notes: List[str]) -> List[T
         targets.extend(new)
 
     def skip(b: str, why: str) -> None:
-        plan.skipped.append({"backend": b, "reason": why})
+        plans[0].skipped.append({"backend": b, "reason": why})
         notes.append(f"{b}: skipped ({why})")
 
+    runnable = []
     for b in backends:
         why = backend_unavailable(b, export=b != "torch")
-        if why is not None:
-            if b in named:
-                raise BackendUnavailableError(f"backend {b}: {why}")
+        if why is None:
+            runnable.append(b)
+        elif b in named:
+            raise BackendUnavailableError(f"backend {b}: {why}")
+        else:
             skip(b, why)
-            continue
-        if b == "torch":
-            add(plan.torch_targets)
-            continue
-        try:
-            bundle = plan.export_bundle(b)
-            add(lambda: plan.bundle_targets(bundle, b,  # noqa: B023 - add() calls it at once
-                                            source=f"exported from {plan.source()}"))
-        except Sam2EdgeError as e:
-            if b in named:
-                raise
-            skip(b, str(e))
+    per_plan: List[List[Target]] = []
+    for plan in plans:
+        start = len(targets)
+        for b in runnable:
+            if b == "torch":
+                add(plan.torch_targets)
+                continue
+            try:
+                bundle = plan.export_bundle(b)
+                add(lambda: plan.bundle_targets(bundle, b,  # noqa: B023 - add() calls it at once
+                                                source=f"exported from {plan.source()}"))
+            except Sam2EdgeError as e:
+                if b in named:
+                    raise
+                skip(b, str(e))
+        per_plan.append(targets[start:])
+    if len(plans) > 1:
+        _tag_checkpoints(plans, per_plan)
     for d in a.bundle or []:
-        add(lambda d=d: plan.bundle_targets(Path(d), a.bundle_backend))
+        add(lambda d=d: plans[0].bundle_targets(Path(d), a.bundle_backend))
     if not targets:
         raise BackendUnavailableError("no backend could run: " + "; ".join(notes) if notes else
                                       "nothing to benchmark")
-    _unique_labels(targets, len(plan.threads) > 1)
+    _unique_labels(targets, len(plans[0].threads) > 1)
     sizes = {t.image_size for t in targets}
     if len(sizes) > 1:
         notes.append(f"the targets run different image sizes {sorted(sizes)}: their ratios compare different work")
