@@ -23,6 +23,9 @@ def add_quantize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--analyze", action="store_true",
                    help="sensitivity analysis: quantise each node group / op type alone, report the error, and "
                         "keep float the groups that cost too much")
+    p.add_argument("--bench", action="store_true",
+                   help="also benchmark the new bundle beside its float source (one interleaved `sam2-edge bench` "
+                        "run, 12 frames, 1 object; minutes at full size) and write the speed into the report")
 
 
 def run_quantize(a: argparse.Namespace, precision: str, show_progress) -> int:
@@ -33,11 +36,15 @@ def run_quantize(a: argparse.Namespace, precision: str, show_progress) -> int:
     r = quantize(a.checkpoint, a.out, precision, fmt=a.format, calib=a.calib, calib_frames=a.calib_frames,
                  holdout_frames=a.holdout_frames, objects=a.objects, analyze=a.analyze, variant=a.variant,
                  image_size=a.image_size, cond_slots=a.cond_slots, show_progress=show_progress,
-                 sign_key=getattr(a, "sign", None))
+                 sign_key=getattr(a, "sign", None), bench=a.bench)
     if a.format in FORMAT_FLOWS:  # a format's own flow formats its own report
         format_report = getattr(importlib.import_module(FORMAT_FLOWS[a.format], __package__), "format_report",
                                 format_report)
     print(format_report(r.report))
+    if r.report.get("speed"):
+        from .speed import format_speed
+
+        print("\n".join(format_speed(r.report["speed"])))
     print(f"bundle   {r.path}  (report: {r.path / 'quantization.json'})")
     if getattr(a, "json", False):
         print(json.dumps(r.report, indent=1))

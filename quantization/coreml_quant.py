@@ -384,7 +384,7 @@ def quantize_bundle(source, out, precision: Precision, *, calib=None, calib_fram
                     objects: int = 2, analyze: bool = False, variant: Optional[str] = None,
                     image_size: Optional[int] = None, cond_slots: int = 2, max_samples: int = 48,
                     show_progress: Optional[bool] = None, threads: int = 0,
-                    sign_key: Optional[str] = None) -> QuantizeResult:
+                    sign_key: Optional[str] = None, bench: bool = False) -> QuantizeResult:
     """Compress the weights of `source` (a checkpoint .pt, or an fp16 / fp32 CoreML bundle) to
     `precision` (int8 / palettize4 / palettize6 / palettize8) into the bundle folder `out`.
     The calibration options are accepted and unused (weight-only compression needs no data)."""
@@ -446,9 +446,12 @@ def quantize_bundle(source, out, precision: Precision, *, calib=None, calib_fram
                 "min_weight_sqnr_db": st["min_weight_sqnr_db"], "sizes": st["sizes"]}
             return extra
 
+        from .speed import BenchRequest
+
         final = write_quantized_bundle(out, m0, p, {s: qdir / f"{s}.mlpackage" for s in STAGES}, extra_of, report,
                                        "sam2_edge.quantization.coreml_quant", t_start, write_plot_fn=write_plot,
-                                       sign_key=sign_key)
+                                       sign_key=sign_key,
+                                       bench=BenchRequest(Path(m0.root), "coreml", calib, threads) if bench else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["seconds"] = round(time.perf_counter() - t_start, 2)

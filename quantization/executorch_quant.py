@@ -288,9 +288,10 @@ def quantize_bundle(source, out, precision: Precision, *, calib: Optional[str] =
                     holdout_frames: int = 8, objects: int = 2, analyze: bool = False, variant: Optional[str] = None,
                     image_size: Optional[int] = None, cond_slots: int = 2, max_samples: int = 48,
                     show_progress: Optional[bool] = None, threads: int = 0,
-                    sign_key: Optional[str] = None) -> QuantizeResult:
+                    sign_key: Optional[str] = None, bench: bool = False) -> QuantizeResult:
     """Quantise checkpoint `source` to a `precision` (int8 / int8-dynamic) ExecuTorch bundle in
-    `out`; called by `pipeline.quantize(fmt="executorch")` (which checked the precision)."""
+    `out`; called by `pipeline.quantize(fmt="executorch")` (which checked the precision and,
+    with `bench`, that the runtime is here)."""
     t_start = time.perf_counter()
     p = Precision(precision)
     _check_options(calib_frames=calib_frames, holdout_frames=holdout_frames, objects=objects, max_samples=max_samples)
@@ -429,9 +430,12 @@ def quantize_bundle(source, out, precision: Precision, *, calib: Optional[str] =
             libraries["torchao"] = version("torchao")
         except Exception:  # noqa: BLE001 - informational only
             pass
+        from .speed import BenchRequest
+
         final = write_quantized_bundle(out, m32, p, graph_files, extra_of, report,
                                        "sam2_edge.quantization.executorch_quant", t_start, libraries=libraries,
-                                       sign_key=sign_key)
+                                       sign_key=sign_key,
+                                       bench=BenchRequest(Path(fp32_dir), "executorch", calib, threads) if bench else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("quantized executorch bundle %s (%s) in %.1f s", final, p.value, time.perf_counter() - t_start)

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from ..errors import ConfigError, InputError
 from ..progress import Progress
 from . import fidelity as fid
 from .onnx_quant import StagePolicy, StageQuantizer, default_policy, graph_info, run_graph
+
+if TYPE_CHECKING:
+    from .speed import BenchRequest
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +95,13 @@ def _source_bundle(source: Path):
 def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[str] = None, calib_frames: int = 16,
              holdout_frames: int = 8, objects: int = 2, analyze: bool = False, variant: Optional[str] = None,
              image_size: Optional[int] = None, cond_slots: int = 2, max_samples: int = 48,
-             show_progress: Optional[bool] = None, threads: int = 0, sign_key: Optional[str] = None) -> QuantizeResult:
+             show_progress: Optional[bool] = None, threads: int = 0, sign_key: Optional[str] = None,
+             bench: bool = False) -> QuantizeResult:
     """Quantise `source` (a checkpoint .pt or an fp32 ONNX bundle folder) to a `precision`
     bundle in `out`. Returns the bundle path and the fidelity report (also in the bundle).
     `sign_key` (an Ed25519 private key file, `sam2-edge keygen`): the bundle is signed
-    (manifest.sig), the key checked before any work.
+    (manifest.sig), the key checked before any work. `bench`: the finished bundle is benchmarked
+    beside its float source (`speed.py`; the report's `speed` entry).
     Each format's own flow lives in its module (`FORMAT_FLOWS`); this function is ONNX's."""
     t_start = time.perf_counter()
     p = check_precision(precision, fmt)
@@ -104,6 +109,10 @@ def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[s
         from ..contract.signing import load_private_key
 
         load_private_key(sign_key)  # a wrong or unreadable key fails now, not after the work
+    if bench:
+        from .speed import check_bench_possible
+
+        check_bench_possible(fmt)  # a runtime that is not here fails now, not after the work
     if fmt != "onnx":
         import importlib
 
@@ -111,7 +120,7 @@ def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[s
         return flow(source, out, p, calib=calib, calib_frames=calib_frames, holdout_frames=holdout_frames,
                     objects=objects, analyze=analyze, variant=variant, image_size=image_size, cond_slots=cond_slots,
                     max_samples=max_samples, show_progress=show_progress, threads=threads,
-                    sign_key=sign_key)
+                    sign_key=sign_key, bench=bench)
     for name, v, lo in (("calib_frames", calib_frames, 2), ("holdout_frames", holdout_frames, 1), ("objects", objects, 1),
                         ("max_samples", max_samples, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -221,8 +230,12 @@ def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[s
             extra["quantization"] = quantization_extra(policies[s].to_dict(), infos[s], stages_report[s])
             return extra
 
+        from .speed import BenchRequest
+
+        float_dir = fp32_dir if src_manifest is None else src
         final = write_quantized_bundle(out, m32, p, graph_files, extra_of, report,
-                                       "sam2_edge.quantization.pipeline", t_start, sign_key=sign_key)
+                                       "sam2_edge.quantization.pipeline", t_start, sign_key=sign_key,
+                                       bench=BenchRequest(Path(float_dir), "onnx", calib, threads) if bench else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("quantized bundle %s (%s) in %.1f s", final, p.value, time.perf_counter() - t_start)
@@ -238,45 +251,58 @@ def _graph_bytes(path: Path) -> int:
 
 def write_quantized_bundle(out: Path, source, precision: Precision, graph_files: Mapping[str, Path], extra_of,
                            report: dict, module: str, t_start: float, write_plot_fn=None,
-                           libraries: Optional[dict] = None, sign_key: Optional[str] = None) -> Path:
+                           libraries: Optional[dict] = None, sign_key: Optional[str] = None,
+                           bench: Optional["BenchRequest"] = None) -> Path:
     """The one way every format's quantised bundle is written: into a temporary sibling of `out`,
     the stage graphs (files or .mlpackage folders) copied from `graph_files`, `quantization.json`
     (+ the plot, `write_plot_fn(report, path) -> bool`) as hashed attachments, and the manifest
     made from the source bundle's (`source`, a Manifest) with the new graphs -- each graph's
     manifest `extra` is `extra_of(stage, path)` of the written copy -- through the contract,
-    checked with `load_manifest` as the loader will, signed with `sign_key` (manifest.sig over the
-    exact manifest bytes, which hold every file's sha256) when given, then moved into place."""
+    checked with `load_manifest` as the loader will; with `bench`, the finished bundle is
+    benchmarked there beside its float source (`speed.side_by_side`) and the report rewritten with
+    the `speed` entry; signed with `sign_key` (manifest.sig over the exact manifest bytes, which
+    hold every file's sha256) when given, then moved into place."""
     from ..export.bundle import library_versions
     from ..outputs import StagedDir
 
     with StagedDir(out, "--out", _own_bundle, _OUT_KIND) as staged:
         tmp = staged.path
-        graphs = {}
         for s in STAGES:
             src = Path(graph_files[s])
             dst = tmp / src.name
             (shutil.copytree if src.is_dir() else shutil.copyfile)(src, dst)
-        (tmp / REPORT_NAME).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-        report_files = [REPORT_NAME]
-        if (write_plot_fn or write_plot)(report, tmp / PLOT_NAME):
-            report_files.append(PLOT_NAME)
+        graphs = {}
         for s in STAGES:
             g = source.graphs[s]
             path = tmp / Path(graph_files[s]).name
             graphs[s] = GraphEntry(s, path.name, hash_graph(path), None, g.inputs, g.outputs,
                                    bytes=_graph_bytes(path), extra=fid.rounded(extra_of(s, path)))
-        # quantised bundles hold the batch-1 graphs of the stages (objects run one call each)
-        manifest = replace(source, root=None, precision=precision, graphs=graphs,  # the report: hashed attachments
-                           spec=replace(source.spec, obj_batches=(1,)),
-                           attachments=tuple(DataFile(f, hash_graph(tmp / f)) for f in report_files),
-                           exporter={"name": "sam2-edge", "version": __version__, "module": module,
-                                     "source_precision": Precision(source.precision).value, "report": REPORT_NAME,
-                                     "seconds": round(time.perf_counter() - t_start, 2)},
-                           libraries=libraries if libraries is not None else library_versions(),
-                           created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        manifest_bytes = manifest.to_json().encode("utf-8")
-        (tmp / MANIFEST_NAME).write_bytes(manifest_bytes)
-        load_manifest(tmp)  # what the loader will see: refuse to move a bundle it would refuse
+
+        def write_report_and_manifest() -> bytes:
+            (tmp / REPORT_NAME).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+            report_files = [REPORT_NAME]
+            if (write_plot_fn or write_plot)(report, tmp / PLOT_NAME):
+                report_files.append(PLOT_NAME)
+            # quantised bundles hold the batch-1 graphs of the stages (objects run one call each)
+            manifest = replace(source, root=None, precision=precision, graphs=graphs,  # the report: hashed attachments
+                               spec=replace(source.spec, obj_batches=(1,)),
+                               attachments=tuple(DataFile(f, hash_graph(tmp / f)) for f in report_files),
+                               exporter={"name": "sam2-edge", "version": __version__, "module": module,
+                                         "source_precision": Precision(source.precision).value,
+                                         "report": REPORT_NAME, "seconds": round(time.perf_counter() - t_start, 2)},
+                               libraries=libraries if libraries is not None else library_versions(),
+                               created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            manifest_bytes = manifest.to_json().encode("utf-8")
+            (tmp / MANIFEST_NAME).write_bytes(manifest_bytes)
+            load_manifest(tmp)  # what the loader will see: refuse to move a bundle it would refuse
+            return manifest_bytes
+
+        manifest_bytes = write_report_and_manifest()
+        if bench is not None:
+            from .speed import side_by_side
+
+            report["speed"] = side_by_side(bench, tmp)
+            manifest_bytes = write_report_and_manifest()
         if sign_key is not None:
             from ..contract.bundle_dir import SIGNATURE_NAME
             from ..contract.signing import sign_manifest

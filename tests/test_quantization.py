@@ -173,12 +173,22 @@ def test_int8_dynamic_through_export_cli(fp32, tmp_path, capsys):
     out = tmp_path / "micro-dyn"
     assert main(["export", "--checkpoint", str(fp32), "--format", "onnx", "--precision", "int8-dynamic",
                  "--out", str(out), "--calib-frames", "6", "--holdout-frames", "3", "--no-progress",
-                 "--sign", str(keys["private"])]) == 0
-    assert "end to end" in capsys.readouterr().out
+                 "--sign", str(keys["private"]), "--bench"]) == 0
+    text = capsys.readouterr().out
+    assert "end to end" in text and "quantized / float:" in text
     from sam2_edge.quantization.pipeline import QuantizeResult
 
     rep = json.loads((out / "quantization.json").read_text())
     _check_report(QuantizeResult(out, rep), "int8-dynamic")
+    # --bench: the shipped bundle beside its float source in one interleaved bench run
+    sp = rep["speed"]
+    f, q = sp["rows"]["float"], sp["rows"]["quantized"]
+    assert (f["precision"], q["precision"]) == ("fp32", "int8-dynamic") and sp["objects"] == 1
+    assert f["frames_measured"] == q["frames_measured"] == 12 - 8 and f["threads"] == q["threads"] >= 1
+    assert f["fps"] > 0 and q["fps"] > 0
+    assert sp["fps_ratio"] == pytest.approx(q["fps"] / f["fps"], rel=0.02)
+    assert q["bundle_bytes"] < f["bundle_bytes"]
+    assert sp["command"].startswith("sam2-edge bench --bundle <float bundle> --bundle <quantized bundle> --frames 12")
     m = _check_bundle(out, "int8-dynamic")
     assert m.graphs["image_encoder"].extra["quant_ops"].get("DynamicQuantizeLinear", 0) > 0
     from sam2_edge.errors import Sam2EdgeError
