@@ -226,6 +226,11 @@ def test_bad_inputs_are_typed_and_leave_nothing(fp32, int8, tmp_path):
                  **{**FAST, "calib_frames": 16, "holdout_frames": 8})
     with pytest.raises(InputError, match="does not exist"):
         quantize(str(tmp_path / "missing.pt"), out, "int8", **FAST)
+    import sys
+
+    if sys.platform != "darwin":  # --bench needs the format's runtime: refused before any work
+        with pytest.raises(ConfigError, match="--bench: coreml bundles do not run here"):
+            quantize(str(fp32), out, "palettize4", fmt="coreml", bench=True, **FAST)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
