@@ -297,6 +297,9 @@ def test_backend_frees_stage_memory_between_runs(tmp_path_factory):
         assert so.enable_mem_pattern is True, key
         assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL, key
         assert so.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL, key
+        # one pool per session, run one after the other: a finished pool must not spin on the
+        # cores the next stage's pool needs (onnxruntime_backend's docstring)
+        assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0", key
     if heap._glibc() is not None and not heap.user_set_threshold():
         assert heap.applied_threshold() == heap.DEFAULT_MMAP_THRESHOLD
     for stage in STAGES:
@@ -311,6 +314,8 @@ def test_backend_frees_stage_memory_between_runs(tmp_path_factory):
     # low_memory=False (where memory is plentiful, ~9 % faster): ONNX Runtime's arenas kept
     fast = open_bundle(bundle, "onnxruntime", isolate=False, threads=1, low_memory=False)
     assert all(sess.get_session_options().enable_cpu_mem_arena is True for sess in fast.sessions.values())
+    assert all(s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+               for s in fast.sessions.values())
     assert "arenas" in fast.describe() and "arenas" not in be.describe()
     from sam2_edge.errors import InputError
 

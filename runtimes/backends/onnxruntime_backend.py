@@ -6,6 +6,15 @@ execution providers when asked for and present in the installed onnxruntime buil
 always appended as the fallback for nodes another provider does not take. Graph
 optimisation level ORT_ENABLE_ALL; `threads` sets the intra-op thread count (0 or None:
 onnxruntime's default, one per physical core).
+
+Threads do not spin. Each stage's session has its own intra-op pool, and by default ONNX Runtime's
+worker threads busy-wait after a run for more work; a tracker runs the four sessions one after
+the other, so the pool that just finished kept spinning on the cores the next stage's pool
+needed. Measured (sam2.1-hiera-tiny @ 512, fp32, 2 threads, 2 vCPUs, the four stages in tracker
+order, two runs; benchmarks/README.md): 956 / 964 ms per frame spinning, 786 / 864 ms not
+(mask decoder 23-40 -> 16-21 ms, memory encoder 57-67 -> 29-34 ms); one process-wide pool
+(`use_per_session_threads=False`) gave 840 / 887 ms but must be fixed before the first session
+of the process and would tie every backend of a process to one thread count.
 """
 
 from __future__ import annotations
@@ -150,6 +159,8 @@ class OnnxRuntimeBackend(Backend):
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3  # errors only; ORT warns about benign things (unused initializers, ...)
+        # no busy-waiting between runs: the next stage's session has its own pool (module docstring)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # Memory (benchmarks/README.md, "ONNX Runtime: where the memory goes"): each session's CPU
         # arena keeps the high-water mark of its own runs for good, so the process held the sum of
         # the four stages' peaks; without it a stage's buffers are freed after its run and the
