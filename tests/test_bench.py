@@ -420,3 +420,25 @@ def test_export_child_output_is_filtered():
                   "/usr/lib/python3.11/copyreg.py:105: FutureWarning: `isinstance(treespec, LeafSpec)`",
                   "INFO onnxscript.rewriter: applied 12 rewrites", "bundle   /x/y  (onnx, fp32, micro, S=256)"):
         assert not _SHOWN.match(noise), noise
+
+
+def test_heap_note_when_torch_runs_beside_a_low_memory_onnx_bundle(monkeypatch):
+    """The ONNX backend's low-memory mode fixes glibc's mmap threshold process-wide, so a torch row
+    in the same run is slowed too: the bench says so (and only then)."""
+    from types import SimpleNamespace
+
+    from sam2_edge.bench.targets import Target, heap_note
+    from sam2_edge.runtimes.backends import heap
+
+    def target(backend, low_memory=None):
+        be = SimpleNamespace() if low_memory is None else SimpleNamespace(low_memory=low_memory)
+        return Target(label=backend, backend=backend, source="", threads=1, tracker=SimpleNamespace(backend=be),
+                      model_bytes=0, model_bytes_kind="", image_size=256, precision="fp32", variant="micro")
+
+    monkeypatch.setattr(heap, "applied_threshold", lambda: 1 << 20)
+    note = heap_note([target("torch"), target("onnxruntime", True)])
+    assert note is not None and "1 MiB" in note and "torch rows" in note
+    assert heap_note([target("torch"), target("onnxruntime", False)]) is None  # arenas: no threshold set by it
+    assert heap_note([target("onnxruntime", True)]) is None  # no torch row to slow
+    monkeypatch.setattr(heap, "applied_threshold", lambda: None)  # not glibc / the user's own setting
+    assert heap_note([target("torch"), target("onnxruntime", True)]) is None

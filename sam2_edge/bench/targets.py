@@ -565,4 +565,22 @@ def build_targets(a: argparse.Namespace, plans: List[Plan], notes: List[str]) ->
     sizes = {t.image_size for t in targets}
     if len(sizes) > 1:
         notes.append(f"the targets run different image sizes {sorted(sizes)}: their ratios compare different work")
+    note = heap_note(targets)
+    if note:
+        notes.append(note)
     return targets
+
+
+def heap_note(targets: List[Target]) -> Optional[str]:
+    """A torch row beside an ONNX bundle in low-memory mode: that mode fixed glibc's mmap threshold
+    for the whole process (runtimes/backends/heap.py), so torch's large blocks are fresh mappings
+    too -- measured on tiny @ 512: torch's image encoder 473 -> 526 ms (+11 %)."""
+    from ..runtimes.backends import heap
+
+    low = [t for t in targets if t.backend == "onnxruntime" and getattr(t.tracker.backend, "low_memory", False)]
+    if not low or not any(t.backend == "torch" for t in targets) or heap.applied_threshold() is None:
+        return None
+    return (f"{low[0].label} runs in low-memory mode, which fixed glibc's mmap threshold at "
+            f"{heap.applied_threshold() >> 20} MiB for this whole process: the torch rows ran with it too "
+            "(measured: torch's tiny @ 512 image encoder +11 %); for torch's own speed, bench it in a run "
+            "without ONNX float bundles")
