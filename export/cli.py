@@ -62,6 +62,12 @@ def _export(p: argparse.ArgumentParser):
             if run_quantize is None:
                 raise ConfigError("this installation has no sam2_edge.quantization; int8 bundles need it")
             return run_quantize(a, a.precision, False if a.no_progress else None)
+        given = [flag for flag, on in (("--calib", getattr(a, "calib", None)), ("--analyze", getattr(a, "analyze", False)),
+                                       ("--bench", getattr(a, "bench", False))) if on]
+        if given:  # options of the quantised flow are never silently ignored
+            raise ConfigError(f"{', '.join(given)}: for quantized precisions (int8, int8-dynamic, palettize4/6/8); a "
+                              f"{a.precision or 'default'} export uses no calibration, analysis or speed run (drop "
+                              "them, or compare bundles with sam2-edge bench --bundle A --bundle B)")
 
         t0 = time.perf_counter()
         signing = {"sign_key": a.sign} if a.sign else {}

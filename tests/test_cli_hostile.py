@@ -108,6 +108,15 @@ def test_export_bad_out_fails_before_exporting(tmp_path, out, needle):
     assert (tmp_path / "afile").read_text() == "mine"
 
 
+@pytest.mark.parametrize("extra", [["--bench"], ["--analyze"], ["--calib", "clip.mp4"]])
+def test_export_float_refuses_options_of_the_quantised_flow(tmp_path, extra):
+    """--bench / --analyze / --calib only mean something for a quantised precision: a float export
+    given one says so instead of ignoring it, before any work."""
+    r = cli("export", "--checkpoint", MICRO, "--format", "onnx", "--out", "b", *extra, "--no-progress", cwd=tmp_path)
+    assert_refused(r, "export", extra[0], "quantized precisions")
+    assert not (tmp_path / "b").exists()
+
+
 def test_reexport_over_its_own_bundle_still_works(tmp_path):
     """A bundle sam2-edge made is replaced as a whole (old files gone, no temporary left)."""
     out = our_fake_bundle(tmp_path / "b")
