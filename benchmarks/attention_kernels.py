@@ -104,6 +104,8 @@ def measure(image_size: int, slots: int, ptr_tokens: int, threads: int, repeats:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    # the forms run interleaved, each session with its own pool: none may spin on the next one's cores
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sessions = {f: ort.InferenceSession(_graph(f, **shp), so, providers=["CPUExecutionProvider"]) for f in FORMS}
     outs = {f: s.run(None, feeds)[0] for f, s in sessions.items()}          # warm-up + outputs
     times: Dict[str, List[float]] = {f: [] for f in FORMS}
