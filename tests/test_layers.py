@@ -32,6 +32,7 @@ LAYER_OF = {
     "sam2_edge.quantization.executorch_quant": "app",  # the pipeline's flow for ExecuTorch (runs the tracker)
     "sam2_edge.quantization.coreml_quant": "app",  # the pipeline's flow for CoreML (its report and outputs)
     "sam2_edge.quantization.cli": "app",
+    "sam2_edge.quantization.speed": "app",  # quantize --bench: runs sam2-edge bench on the new bundle
     "sam2_edge.evaluation": "app",
     "sam2_edge.evaluation.metrics": "base",  # numpy + cv2 only
     "sam2_edge.distill": "app",  # trains students: the model, the runtime tracker, the evaluation
