@@ -45,6 +45,8 @@ def run_quantize(a: argparse.Namespace, precision: str, show_progress) -> int:
         from .speed import format_speed
 
         print("\n".join(format_speed(r.report["speed"])))
+    elif r.report.get("speed_error"):
+        print(f"speed    not measured: {r.report['speed_error']}")
     print(f"bundle   {r.path}  (report: {r.path / 'quantization.json'})")
     if getattr(a, "json", False):
         print(json.dumps(r.report, indent=1))

@@ -299,9 +299,14 @@ def write_quantized_bundle(out: Path, source, precision: Precision, graph_files:
 
         manifest_bytes = write_report_and_manifest()
         if bench is not None:
+            from ..errors import Sam2EdgeError
             from .speed import side_by_side
 
-            report["speed"] = side_by_side(bench, tmp)
+            try:
+                report["speed"] = side_by_side(bench, tmp)
+            except Sam2EdgeError as e:  # the bundle is good: keep it, and say why it has no speed entry
+                log.warning("--bench failed, the bundle is written without speed figures: %s", e)
+                report["speed_error"] = str(e)
             manifest_bytes = write_report_and_manifest()
         if sign_key is not None:
             from ..contract.bundle_dir import SIGNATURE_NAME

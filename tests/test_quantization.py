@@ -205,6 +205,23 @@ def test_int8_dynamic_through_export_cli(fp32, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_failed_bench_keeps_the_bundle(fp32, tmp_path, monkeypatch):
+    """--bench runs after the quantisation: if the benchmark fails, the bundle is still written
+    (nothing lost) and its report says why it has no speed entry."""
+    from sam2_edge.errors import BackendUnavailableError
+    from sam2_edge.quantization import speed
+    from sam2_edge.quantization.pipeline import quantize
+
+    def fail(req, quantized):
+        raise BackendUnavailableError("no runtime for the bench")
+
+    monkeypatch.setattr(speed, "side_by_side", fail)
+    r = quantize(str(fp32), tmp_path / "dyn", "int8-dynamic", bench=True, **FAST)
+    rep = json.loads((r.path / "quantization.json").read_text())
+    assert "speed" not in rep and rep["speed_error"] == "no runtime for the bench"
+    _check_bundle(r.path, "int8-dynamic")  # hashes (the rewritten report included) verify
+
+
 def test_bad_inputs_are_typed_and_leave_nothing(fp32, int8, tmp_path):
     from sam2_edge.quantization.pipeline import quantize
 
