@@ -451,7 +451,7 @@ def quantize_bundle(source, out, precision: Precision, *, calib=None, calib_fram
         final = write_quantized_bundle(out, m0, p, {s: qdir / f"{s}.mlpackage" for s in STAGES}, extra_of, report,
                                        "sam2_edge.quantization.coreml_quant", t_start, write_plot_fn=write_plot,
                                        sign_key=sign_key,
-                                       bench=BenchRequest(Path(m0.root), "coreml", calib, threads) if bench else None)
+                                       bench=BenchRequest(Path(m0.root), calib, threads) if bench else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["seconds"] = round(time.perf_counter() - t_start, 2)

@@ -333,9 +333,11 @@ def quantize_bundle(source, out, precision: Precision, *, calib: Optional[str] =
 
         from ..modeling.memory_attention import fold_memory_values
 
-        folded_model = copy.deepcopy(model)
+        from ..stages import build_stages
+
+        folded_model = copy.deepcopy(model).eval()
         folded = fold_memory_values(folded_model)
-        to_quantize = TorchBackend(folded_model, "cpu", cond_slots).stages
+        to_quantize = dict(zip(STAGES, build_stages(folded_model)))
         log.info("memory attention: values folded in %d cross-attentions of the graphs quantised", folded)
         spec = fp32.spec
         if spec != m32.spec:
@@ -449,7 +451,7 @@ def quantize_bundle(source, out, precision: Precision, *, calib: Optional[str] =
         final = write_quantized_bundle(out, m32, p, graph_files, extra_of, report,
                                        "sam2_edge.quantization.executorch_quant", t_start, libraries=libraries,
                                        sign_key=sign_key,
-                                       bench=BenchRequest(Path(fp32_dir), "executorch", calib, threads) if bench else None)
+                                       bench=BenchRequest(Path(fp32_dir), calib, threads) if bench else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("quantized executorch bundle %s (%s) in %.1f s", final, p.value, time.perf_counter() - t_start)

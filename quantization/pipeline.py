@@ -235,7 +235,7 @@ def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[s
         float_dir = fp32_dir if src_manifest is None else src
         final = write_quantized_bundle(out, m32, p, graph_files, extra_of, report,
                                        "sam2_edge.quantization.pipeline", t_start, sign_key=sign_key,
-                                       bench=BenchRequest(Path(float_dir), "onnx", calib, threads) if bench else None)
+                                       bench=BenchRequest(Path(float_dir), calib, threads) if bench else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("quantized bundle %s (%s) in %.1f s", final, p.value, time.perf_counter() - t_start)

@@ -12,11 +12,11 @@ Application layer (it runs the trackers)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional
 
-from ..contract import BACKENDS, backend_unavailable
+from ..contract import FORMATS, backend_unavailable
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -30,17 +30,13 @@ ROWS = ("float", "quantized")
 class BenchRequest:
     """What `write_quantized_bundle` needs to bench the new bundle beside its float source."""
     float_bundle: Path  # the fp32 (fp16 for CoreML) bundle the quantised one was made from
-    fmt: str  # the bundle format: onnx, executorch, coreml
     source: Optional[str] = None  # frames: the calibration video / folder (None: the shipped clip)
     threads: int = 0  # 0: the bench's default
 
 
 def check_bench_possible(fmt: str) -> None:
     """Before any work: `--bench` needs the format's runtime on this machine."""
-    backend = next((b for b, info in BACKENDS.items() if info.format == fmt), None)
-    if backend is None:
-        raise ConfigError(f"--bench: no runtime runs {fmt} bundles")
-    why = backend_unavailable(backend)
+    why = backend_unavailable(FORMATS[fmt].backend)
     if why is not None:
         raise ConfigError(f"--bench: {fmt} bundles do not run here ({why}); leave --bench out and run "
                           "`sam2-edge bench --bundle FLOAT --bundle QUANTISED` where they run")
@@ -61,14 +57,15 @@ def side_by_side(req: BenchRequest, quantized: Path) -> dict:
     from ..bench.cli import bench
     from ..cli import build_parser
 
-    argv = bench_argv(req, quantized)
     log.info("quantize: benchmarking the quantised bundle beside its float source (%d frames, %d object)",
              BENCH_FRAMES, BENCH_OBJECTS)
-    rep = bench(build_parser().parse_args(argv))
-    return condense(rep, argv)
+    rep = bench(build_parser().parse_args(bench_argv(req, quantized)))
+    # the command as a user would re-run it, the two (temporary) folders named by their role
+    shown = bench_argv(replace(req, float_bundle=Path("<float bundle>")), Path("<quantized bundle>"))
+    return condense(rep, "sam2-edge " + " ".join(shown))
 
 
-def condense(rep: dict, argv: List[str]) -> dict:
+def condense(rep: dict, command: str) -> dict:
     """The bench report -> fps, per-stage median ms and sizes of the two rows, and the ratios."""
     rows = {}
     for name, t in zip(ROWS, rep["targets"]):
@@ -80,8 +77,7 @@ def condense(rep: dict, argv: List[str]) -> dict:
                       "bundle_bytes": t["model_bytes"]}
     q = rep["targets"][1]
     m = rep["machine"]
-    return {"command": "sam2-edge " + " ".join(a if i not in (2, 4) else f"<{ROWS[(i - 2) // 2]} bundle>"
-                                               for i, a in enumerate(argv)),
+    return {"command": command,
             "objects": BENCH_OBJECTS, "image_size": rep["config"]["image_size"],
             "machine": {"cpu": m.get("cpu"), "logical_cpus": m.get("logical_cpus"),
                         "load_average_start": m.get("load_average_start"),
