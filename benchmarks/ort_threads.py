@@ -79,7 +79,12 @@ def main(argv=None) -> int:
     from sam2_edge.contract import load_manifest
     from sam2_edge.sysinfo import cpu_name
 
-    m = load_manifest(a.bundle)  # a missing or foreign folder fails here, with the contract's message
+    from sam2_edge.errors import Sam2EdgeError
+
+    try:
+        m = load_manifest(a.bundle)  # a missing or foreign folder fails here, with the contract's message
+    except Sam2EdgeError as e:
+        p.error(str(e))
     if m.format != "onnx":
         p.error(f"{a.bundle} is a {m.format} bundle; give an ONNX one")
     print(f"CPU {cpu_name()}, {a.threads} threads, load {os.getloadavg()[0]:.2f}; median ms of {a.frames} frames")
