@@ -38,10 +38,17 @@ The rewrite keeps every graph input and output (names, shapes, dtypes), so the g
 matches `TrackerSpec.io()`. MultiHeadAttention's CPU kernel is float32 only: fp16 graphs are
 not rewritten (the exporter fuses only fp32). Execution providers without the contrib op
 (TensorRT, CoreML) leave those nodes to the CPU provider.
+
+Each fused node records its layout in its metadata (`LAYOUT_KEY`: [B, H, Sq, Sk, D, Dv], the
+padded q/k head size, whether column D of each head is the folded key bias; `fused_layout`
+reads it back), so a later rewrite of the same attention (the quantiser's run-time int8 QK^T,
+quantization/onnx_attention.py) can take q / k / v from the node's own 3-D inputs, whatever
+an optimiser did to the ops before them, and keep the bias column out of the int8 keys.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -57,6 +64,7 @@ FUSED_OP = "MultiHeadAttention"
 # gain nothing from a flash kernel and pay the layout transposes.
 DEFAULT_MIN_SCORES = 1 << 16
 PAD_MULTIPLE = 16  # q/k head size of a biased attention is rounded up to this (bias column included)
+LAYOUT_KEY = "sam2_edge.fused_attention"  # metadata_props key of a fused node: its FusedLayout as JSON
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +109,42 @@ def _tensor_info(model: onnx.ModelProto) -> Tuple[Dict[str, List[int]], Dict[str
 
 def _static(shape: Optional[Sequence[int]], rank: int) -> bool:
     return shape is not None and len(shape) == rank and all(d > 0 for d in shape)
+
+
+@dataclass(frozen=True)
+class FusedLayout:
+    """What one fused MultiHeadAttention computes. Its 3-D inputs are q [B, Sq, H*Dq], k [B, Sk, H*Dq],
+    v [B, Sk, H*Dv] (Dq = `qk_head_size`); per head, columns [0, D) are the scaled q / k, and with
+    `bias` column D of q is 1 and of k the key bias (columns after it are 0)."""
+
+    batch: int
+    heads: int
+    queries: int
+    keys: int
+    head_size: int  # D
+    v_head_size: int  # Dv
+    qk_head_size: int  # Dq >= D (+ the bias column and padding)
+    bias: bool
+
+    def to_json(self) -> str:
+        return json.dumps({"shape": [self.batch, self.heads, self.queries, self.keys, self.head_size, self.v_head_size],
+                           "qk_head_size": self.qk_head_size, "bias": self.bias})
+
+
+def fused_layout(node: onnx.NodeProto) -> Optional[FusedLayout]:
+    """The layout `fuse_attention` recorded on a fused node; None for a node without one (not ours,
+    or fused by a sam2-edge before 2026-11-30) or with one that does not add up."""
+    raw = next((p.value for p in node.metadata_props if p.key == LAYOUT_KEY), None)
+    if node.op_type != FUSED_OP or node.domain != MS_DOMAIN or raw is None:
+        return None
+    try:
+        d = json.loads(raw)
+        b, h, sq, sk, hd, dv = (int(x) for x in d["shape"])
+        lay = FusedLayout(b, h, sq, sk, hd, dv, int(d["qk_head_size"]), bool(d["bias"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    ok = min(b, h, sq, sk, hd, dv) > 0 and lay.qk_head_size >= hd + int(lay.bias)
+    return lay if ok else None
 
 
 class _Builder:
@@ -237,10 +281,13 @@ def fuse_attention(model: onnx.ModelProto, min_scores: int = DEFAULT_MIN_SCORES,
         k3 = bld.node("Reshape", [k4, bld.const("k3_shape", i64([b, sk, h * dq]))], bld.name("k"))
         v3 = bld.node("Reshape", [v4, bld.const("v3_shape", i64([b, sk, h * dv]))], bld.name("v"))
         o3 = bld.node(FUSED_OP, [q3, k3, v3], bld.name("out"), domain=MS_DOMAIN, num_heads=h, scale=1.0)
+        fused_node = bld.nodes[-1]
         o4 = bld.node("Reshape", [o3, bld.const("o4_shape", i64([b, sq, h, dv]))], bld.name("o_bsnh"))
         bld.node("Transpose", [o4], pv.output[0], perm=[0, 2, 1, 3])  # the original [B, H, Sq, Dv] output name
         for n in bld.nodes:  # keep the module path the exporter recorded (quantization groups nodes by it)
             n.metadata_props.extend(pv.metadata_props)
+        layout = FusedLayout(b, h, sq, sk, d, dv, dq, bias is not None)
+        fused_node.metadata_props.add(key=LAYOUT_KEY, value=layout.to_json())
         remove.update(id(n) for n in (qk, sm, pv) + ((add,) if add is not None else ()))
         insert_at[id(pv)] = bld
         report.fused.append({"softmax": where, "shape": [b, h, sq, sk, d, dv], "bias": bias is not None,

@@ -18,6 +18,11 @@ Node groups come from the module path the exporter records on each node
 (``metadata_props["namespace"]``, e.g. ``model.sam_mask_decoder.output_upscaling.0``): the
 first two non-numeric components (``sam_mask_decoder.output_upscaling``), plus
 ``attention_scores`` for the activation x activation MatMuls of attention (QK^T, PV).
+
+ORT quantises no attention the fp32 bundles fuse (`com.microsoft.MultiHeadAttention`, float32
+only). A policy with `int8_attention` rewrites those of a stage, after ORT's quantisation, into a
+run-time int8 QK^T (`onnx_attention.py`); by default memory attention's, where they are most of
+the stage's time, and the flow's fidelity gate drops it before it drops the whole stage.
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ DEFAULT_FLOAT_GROUPS: Dict[str, Tuple[str, ...]] = {
     "mask_decoder": ("sam_mask_decoder.output_upscaling", MASK_PRODUCT, "sam_mask_decoder.pred_obj_score_head"),
     "memory_encoder": (),
 }
+# stages whose fused attentions get run-time int8 QK^T scores by default (onnx_attention.py): memory
+# attention's cross-attention over the memory bank is 46-83 % of an int8 frame; the image encoder's
+# global attention is a few per cent of its stage and is left fused
+DEFAULT_INT8_ATTENTION = ("memory_attention",)
 
 
 @dataclass(frozen=True)
@@ -68,11 +77,13 @@ class StagePolicy:
     fp32: bool = False
     reason: str = ""
     only_groups: Optional[Tuple[str, ...]] = None  # analysis: quantise these groups only
+    int8_attention: bool = False  # ONNX: fused attentions' QK^T in run-time int8 (onnx_attention.py)
 
     def to_dict(self) -> dict:
         d = {"precision": "fp32" if self.fp32 else self.precision, "op_types_quantized": list(self.op_types),
              "float_groups": list(self.float_groups), "float_op_types": ["LayerNormalization", "Softmax",
-                                                                       "(every op type not listed)"]}
+                                                                       "(every op type not listed)"],
+             "int8_attention_scores": self.int8_attention and not self.fp32}
         if self.fp32:
             d["kept_fp32"] = True
         if self.reason:
@@ -85,7 +96,7 @@ def default_policy(stage: str, precision) -> StagePolicy:
     if not p.quantized:
         raise ConfigError(f"default_policy is for int8 / int8-dynamic, got {p.value}")
     ops = STATIC_OP_TYPES if p is Precision.INT8 else DYNAMIC_OP_TYPES
-    return StagePolicy(p.value, ops, DEFAULT_FLOAT_GROUPS.get(stage, ()))
+    return StagePolicy(p.value, ops, DEFAULT_FLOAT_GROUPS.get(stage, ()), int8_attention=stage in DEFAULT_INT8_ATTENTION)
 
 
 def _imports():
@@ -263,6 +274,18 @@ class StageQuantizer:
         if policy.fp32:
             out.write_bytes(self.fp32_path.read_bytes())
             return {"quantized_nodes": 0, "float_nodes": []}
+        info = self._quantize_ops(policy, out)
+        if policy.int8_attention:
+            from .onnx_attention import int8_attention_scores
+
+            model = onnx.load(str(out))
+            info.update(int8_attention_scores(model).as_info())
+            onnx.save(model, str(out))
+        return info
+
+    def _quantize_ops(self, policy: StagePolicy, out: Path) -> Dict[str, object]:
+        """ORT's quantisation of the weight-carrying ops `policy` chooses (the float graph if none)."""
+        onnx, q = _imports()
         nodes = self.groups(policy.op_types)
         if policy.only_groups is not None:
             chosen = [n for n, g in nodes.items() if g in policy.only_groups]
@@ -313,5 +336,6 @@ def graph_info(path) -> Dict[str, object]:
                                                      default=0), "quant_ops": q_ops}
 
 
-__all__ = ["STATIC_OP_TYPES", "DYNAMIC_OP_TYPES", "ATTENTION_SCORES", "MASK_PRODUCT", "DEFAULT_FLOAT_GROUPS", "StagePolicy",
+__all__ = ["STATIC_OP_TYPES", "DYNAMIC_OP_TYPES", "ATTENTION_SCORES", "MASK_PRODUCT", "DEFAULT_FLOAT_GROUPS",
+           "DEFAULT_INT8_ATTENTION", "StagePolicy",
            "default_policy", "node_groups", "quantizable_nodes", "StageQuantizer", "run_graph", "graph_info"]

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -52,6 +52,7 @@ PLOT_NAME = "quantization.png"
 STAGE_TARGETS = {"cosine": 0.99, "sqnr_db": 20.0}
 # with --analyze: a node group whose quantisation alone costs more than this stays float
 GROUP_MIN_SQNR_DB = 30.0
+ATTENTION_ROW = "attention scores (run-time int8 QK^T)"  # the sensitivity row of onnx_attention.py's rewrite
 _OUT_KIND = "a bundle made by sam2-edge export / quantize (its manifest.json written by sam2-edge)"
 # the module (in this package) whose quantize_bundle(source, out, precision, **options) makes each
 # non-ONNX format's quantised bundle; ONNX's flow is `quantize` below
@@ -190,19 +191,33 @@ def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[s
 
                 policy = default_policy(stage, p)
                 if analyze:
-                    analysis[stage] = sensitivity(sq, policy, measure, qdir / f"{stage}.probe.onnx")
+                    extra = [("attention", ATTENTION_ROW, replace(policy, only_groups=(), int8_attention=True))] \
+                        if policy.int8_attention else []
+                    analysis[stage] = sensitivity(sq, policy, measure, qdir / f"{stage}.probe.onnx", extra)
                     policy = analyzed_policy(policy, analysis[stage])
                 path = qdir / f"{stage}.onnx"
                 info = sq.quantize(policy, path)
                 res = measure(policy, path, ("calibration", "held_out"))
-                why = missed_targets(res, "stage kept fp32")
-                if why:
+                # the gate: the int8 attention scores go first, then the whole stage
+                fallbacks = ([("int8 attention scores dropped", lambda pol, why: replace(
+                    pol, int8_attention=False, reason=f"run-time int8 attention scores: {why}"))]
+                    if policy.int8_attention else [])
+                fallbacks.append(("stage kept fp32", lambda pol, why: replace(pol, fp32=True, reason=why)))
+                for consequence, fallback in fallbacks:
+                    why = missed_targets(res, consequence)
+                    if not why:
+                        break
                     log.warning("%s: %s", stage, why)
-                    missed = {"policy": policy.to_dict(), **{k: _summary(v) for k, v in res.items()}}
-                    policy = replace(policy, fp32=True, reason=why)
+                    missed = {"policy": policy.to_dict(), **{k: _summary(v) for k, v in res.items()
+                                                             if k in ("calibration", "held_out")}}
+                    policy = fallback(policy, why)
                     info = sq.quantize(policy, path)
-                    res = measure(policy, path, ("calibration", "held_out"))
-                    res["quantized_attempt"] = missed
+                    # quantized_attempt: the policy first tried; later_attempts: the fallbacks that missed too
+                    first = res.get("quantized_attempt")
+                    later = res.get("later_attempts", []) + ([missed] if first is not None else [])
+                    res = {**measure(policy, path, ("calibration", "held_out")),
+                           "quantized_attempt": missed if first is None else first, **({"later_attempts": later}
+                                                                                      if later else {})}
                 policies[stage] = policy
                 infos[stage] = info
                 stages_report[stage] = stage_entry(policy.to_dict(), info, {k: len(data[stage][k]) for k in
@@ -324,10 +339,15 @@ def analyzed_policy(policy: StagePolicy, rows: Sequence[Mapping]) -> StagePolicy
     """`policy` with every node group that costs more than GROUP_MIN_SQNR_DB alone (a `sensitivity` row)
     kept float, the reason written."""
     weak = sorted({r["name"] for r in rows if r["kind"] == "group" and r["sqnr_db"] < GROUP_MIN_SQNR_DB})
-    if not weak:
+    weak_attention = policy.int8_attention and any(r["kind"] == "attention" and r["sqnr_db"] < GROUP_MIN_SQNR_DB
+                                                   for r in rows)
+    if not weak and not weak_attention:
         return policy
+    why = [f"groups below {GROUP_MIN_SQNR_DB:g} dB alone kept float: {', '.join(weak)}"] if weak else []
+    if weak_attention:
+        why.append(f"{ATTENTION_ROW} below {GROUP_MIN_SQNR_DB:g} dB alone: kept float")
     return replace(policy, float_groups=tuple(sorted(set(policy.float_groups) | set(weak))),
-                   reason=f"groups below {GROUP_MIN_SQNR_DB:g} dB alone kept float: {', '.join(weak)}")
+                   int8_attention=policy.int8_attention and not weak_attention, reason="; ".join(why))
 
 
 def missed_targets(res: Mapping, consequence: str) -> Optional[str]:
@@ -377,13 +397,16 @@ def stage_report(precision: Precision, fmt: str, source, graph_files: Mapping[st
 def quantization_extra(policy: dict, info: Mapping, stage: Mapping) -> dict:
     """A graph's `extra["quantization"]` in the manifest: the policy (as the report writes it), the
     node counts and the held-out error of the stage's report entry."""
-    return {**policy, "quantized_nodes": info["quantized_nodes"], "float_nodes": info["float_nodes"],
+    attention = {k: info[k] for k in ("int8_attention", "int8_attention_skipped") if k in info}
+    return {**policy, "quantized_nodes": info["quantized_nodes"], "float_nodes": info["float_nodes"], **attention,
             "held_out": _summary(stage["held_out"])}
 
 
-def sensitivity(sq: StageQuantizer, policy: StagePolicy, measure, probe: Path) -> List[dict]:
+def sensitivity(sq: StageQuantizer, policy: StagePolicy, measure, probe: Path,
+                extra: Sequence[Tuple[str, str, StagePolicy]] = ()) -> List[dict]:
     """One stage's sensitivity: its default policy, then each node group and each op type
-    quantised alone (everything else float), measured on held-out inputs."""
+    quantised alone (everything else float), then the `extra` rows (kind, name, policy; ONNX:
+    the int8 attention scores alone), measured on held-out inputs."""
     rows = []
 
     def row(kind: str, name: str, pol: StagePolicy) -> None:
@@ -396,10 +419,12 @@ def sensitivity(sq: StageQuantizer, policy: StagePolicy, measure, probe: Path) -
     row("stage", "default policy", policy)
     groups = sq.groups(policy.op_types)
     for g in sorted(set(groups.values())):
-        row("group", g, replace(policy, float_groups=(), only_groups=(g,)))
+        row("group", g, replace(policy, float_groups=(), only_groups=(g,), int8_attention=False))
     for op in policy.op_types:
         if any(n.op_type == op for n in sq.model.graph.node):
-            row("op_type", op, replace(policy, op_types=(op,), float_groups=()))
+            row("op_type", op, replace(policy, op_types=(op,), float_groups=(), int8_attention=False))
+    for kind, name, pol in extra:
+        row(kind, name, pol)
     probe.unlink(missing_ok=True)
     return rows
 
@@ -407,8 +432,9 @@ def sensitivity(sq: StageQuantizer, policy: StagePolicy, measure, probe: Path) -
 def stage_entry(policy: dict, info: Mapping, samples: Mapping[str, int], res: Mapping) -> dict:
     """One stage's entry in the report: the policy (as the report writes it), node counts, samples
     per set and the measured error (`res`: calibration, held_out, the missed attempt if any)."""
+    attention = {k: info[k] for k in ("int8_attention", "int8_attention_skipped") if k in info}
     return {"policy": policy, "quantized_nodes": info["quantized_nodes"], "float_nodes": len(info["float_nodes"]),
-            "samples": dict(samples), **res}
+            **attention, "samples": dict(samples), **res}
 
 
 def track_end_to_end(backend, ref_run, frames, prompts, calib_frames: int) -> dict:
@@ -503,6 +529,9 @@ def format_report(report: dict) -> str:
         lines.append(f"{s:17s} {r['policy']['precision']:10s} {r['quantized_nodes']:7d} {r['float_nodes']:5d} | "
                      f"{c['cosine']:9.5f} {c['sqnr_db']:7.1f} {c['max_abs']:8.4f} | {h['cosine']:8.5f} "
                      f"{h['sqnr_db']:7.1f} {h['max_abs']:8.4f} | {sz['fp32_bytes'] / 1e6:7.2f} {sz['bytes'] / 1e6:6.2f}")
+        if r.get("int8_attention"):
+            lines.append(f"    attention scores: run-time int8 QK^T in {r['int8_attention']} fused attention(s)"
+                         + (f", {len(r['int8_attention_skipped'])} left fused" if r.get("int8_attention_skipped") else ""))
         if r["policy"].get("reason"):
             lines.append(f"    {r['policy']['reason']}")
     t = report["sizes"]["total"]

@@ -105,6 +105,20 @@ def test_int8_static_bundle(int8):
     assert "sam_mask_decoder.output_upscaling" in pol["float_groups"]
     assert "sam_mask_decoder.pred_obj_score_head" in pol["float_groups"]
     assert m.graphs["image_encoder"].extra["quant_ops"].get("QuantizeLinear", 0) > 0
+    _check_int8_attention(int8, m)
+
+
+def _check_int8_attention(r, m):
+    """Memory attention's fused attentions run their QK^T in int8 (run time), unless the gate dropped it."""
+    import onnx
+
+    st = r.report["stages"]["memory_attention"]
+    if not st["policy"]["int8_attention_scores"]:
+        assert "attention scores" in st["policy"]["reason"] or st["policy"]["precision"] == "fp32"
+        return
+    ops = [n.op_type for n in onnx.load(str(r.path / "memory_attention.onnx")).graph.node]
+    assert st["int8_attention"] == ops.count("MatMulIntegerToFloat") >= 2 and "MultiHeadAttention" not in ops
+    assert m.graphs["memory_attention"].extra["quantization"]["int8_attention"] == st["int8_attention"]
 
 
 def test_static_int8_quantises_linear_layers_with_their_bias(int8):
@@ -154,7 +168,8 @@ def test_sensitivity_analysis_has_rows_per_stage(int8):
     assert set(a) == set(STAGES)
     for s in STAGES:
         kinds = {r["kind"] for r in a[s]}
-        assert kinds == {"stage", "group", "op_type"}, (s, kinds)
+        # memory attention: + the run-time int8 attention scores alone (onnx_attention.py)
+        assert kinds == {"stage", "group", "op_type"} | ({"attention"} if s == "memory_attention" else set()), (s, kinds)
         assert all(-1000 <= r["sqnr_db"] <= 999 and 0.0 <= r["cosine"] <= 1.0 for r in a[s])
     text = format_report(int8.report)
     assert "sensitivity memory_attention" in text and "end to end" in text
@@ -191,6 +206,7 @@ def test_int8_dynamic_through_export_cli(fp32, tmp_path, capsys):
     assert sp["command"].startswith("sam2-edge bench --bundle <float bundle> --bundle <quantized bundle> --frames 12")
     m = _check_bundle(out, "int8-dynamic")
     assert m.graphs["image_encoder"].extra["quant_ops"].get("DynamicQuantizeLinear", 0) > 0
+    _check_int8_attention(QuantizeResult(out, rep), m)
     from sam2_edge.errors import Sam2EdgeError
     from sam2_edge.runtimes.bundle_backends import open_bundle
 
@@ -220,6 +236,34 @@ def test_a_failed_bench_keeps_the_bundle(fp32, tmp_path, monkeypatch):
     rep = json.loads((r.path / "quantization.json").read_text())
     assert "speed" not in rep and rep["speed_error"] == "no runtime for the bench"
     _check_bundle(r.path, "int8-dynamic")  # hashes (the rewritten report included) verify
+
+
+def test_the_gate_drops_int8_attention_before_the_stage(fp32, tmp_path, monkeypatch):
+    """A run-time int8 attention that breaks the stage's fidelity is dropped, and the stage keeps its
+    int8 linear layers (not fp32 whole); the report says why and keeps the missed attempt."""
+    import onnx
+    from sam2_edge.quantization import onnx_attention
+    from sam2_edge.quantization.pipeline import quantize
+
+    real = onnx_attention.int8_attention_scores
+
+    def broken(model, **kw):  # the rewrite, then its softmax taken over the queries: garbage scores
+        rep = real(model, **kw)
+        for n in model.graph.node:
+            if n.op_type == "Softmax" and n.name.endswith("/int8/probs_node"):
+                n.attribute[0].CopyFrom(onnx.helper.make_attribute("axis", 2))
+        return rep
+
+    monkeypatch.setattr(onnx_attention, "int8_attention_scores", broken)
+    r = quantize(str(fp32), tmp_path / "gated", "int8-dynamic", **FAST)
+    st = r.report["stages"]["memory_attention"]
+    assert st["policy"]["precision"] == "int8-dynamic" and st["policy"]["int8_attention_scores"] is False
+    assert st["policy"]["reason"].startswith("run-time int8 attention scores: fidelity target missed")
+    assert st["quantized_attempt"]["policy"]["int8_attention_scores"] is True
+    assert st["quantized_attempt"]["held_out"]["sqnr_db"] < MIN_STAGE_SQNR_DB <= st["held_out"]["sqnr_db"]
+    assert st["quantized_nodes"] > 0 and "int8_attention" not in st
+    ops = [n.op_type for n in onnx.load(str(r.path / "memory_attention.onnx")).graph.node]
+    assert "MultiHeadAttention" in ops and "DynamicQuantizeLinear" in ops
 
 
 def test_bad_inputs_are_typed_and_leave_nothing(fp32, int8, tmp_path):
