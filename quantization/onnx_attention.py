@@ -20,9 +20,9 @@ The form, per fused node (layout from `onnx_fuse.fused_layout`):
 
 The key bias the fused graphs fold into column D of k (0 for a valid memory slot, -1e4 for an
 absent one) is taken out before the keys are quantised: one -1e4 in a per-tensor int8 k would
-leave the real keys a handful of levels. Attentions whose score matrix would exceed
-`max_scores` elements per (batch, head) stay fused (the materialised scores cost more memory
-than the int8 product saves time: at 1024 a cross-attention's is 4096 x 32,836, 538 MB).
+leave the real keys a handful of levels. Unlike the fused kernel this form materialises the
+scores, so the queries run in chunks of at most `CHUNK_SCORES` scores (q is quantised whole, so
+chunking changes no number): a 1024 cross-attention's 4096 x 32,836 scores would be 538 MB.
 Every graph input and output keeps its name; the rewritten nodes keep the fused node's
 metadata (module path), so node groups and the manifest read as before.
 """
@@ -37,9 +37,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Largest score matrix (Sq x Sk elements per batch and head) rewritten: 16 Mi elements, 64 MiB in
-# fp32. Covers every attention of tiny at 512 (cross: 1024 x 8,260) and the self-attention at 1024.
-MAX_SCORES = 1 << 24
+# Scores per query chunk (Sq/n x Sk elements per batch and head): 4 Mi, 16 MiB in fp32. tiny's
+# cross-attention at 512 (1024 x 8,260) runs in 3 chunks, at 1024 (4096 x 32,836) in 33.
+CHUNK_SCORES = 1 << 22
 
 
 @dataclass
@@ -51,9 +51,10 @@ class AttentionReport:
         return {"int8_attention": len(self.rewritten), "int8_attention_skipped": list(self.skipped)}
 
 
-def int8_attention_scores(model, max_scores: int = MAX_SCORES) -> AttentionReport:
+def int8_attention_scores(model, chunk_scores: int = CHUNK_SCORES) -> AttentionReport:
     """Rewrite, in place, every fused attention of `model` (an onnx ModelProto) that carries its
-    layout and has at most `max_scores` scores per (batch, head) into the run-time int8 QK^T form."""
+    layout into the run-time int8 QK^T form, its queries in chunks of at most `chunk_scores` scores
+    per (batch, head)."""
     from onnx import TensorProto, helper, numpy_helper
 
     from ..export.onnx_fuse import FUSED_OP, LAYOUT_KEY, MS_DOMAIN, fused_layout
@@ -73,10 +74,6 @@ def int8_attention_scores(model, max_scores: int = MAX_SCORES) -> AttentionRepor
             continue
         if len(node.input) != 3 or any(not i for i in node.input) or len(node.output) != 1:
             report.skipped.append(f"{where}: not the q / k / v form fuse_attention writes")
-            new_nodes.append(node)
-            continue
-        if lay.queries * lay.keys > max_scores:
-            report.skipped.append(f"{where}: {lay.queries} x {lay.keys} scores exceed {max_scores} (kept fused)")
             new_nodes.append(node)
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -117,26 +114,38 @@ def int8_attention_scores(model, max_scores: int = MAX_SCORES) -> AttentionRepor
         if lay.bias:  # column D of k: the per-key bias, added in fp32 as the fused kernel did
             bias = op("Slice", [k4, const("b_from", i64([lay.head_size])), const("b_to", i64([lay.head_size + 1])),
                                 const("b_axis", i64([3]))], "key_bias")  # [B, Sk, H, 1]
-        if lay.batch * lay.heads == 1:
-            # one score matrix: ORT's MatMulIntegerToFloat takes the scales and the per-key bias ([Sk])
-            # into the integer product's epilogue (no separate pass over the Sq x Sk scores)
-            ins = [qt, kt, qs, ks, qz, kz]
-            if bias is not None:
-                ins.append(op("Reshape", [bias, const("b_flat", i64([lay.keys]))], "key_bias_flat"))  # [Sk]
-            s = op("MatMulIntegerToFloat", ins, "scores", domain=MS_DOMAIN)  # [1, 1, Sq, Sk] float
-        else:
-            si = op("MatMulInteger", [qt, kt, qz, kz], "scores_i32")  # [B, H, Sq, Sk] int32
-            sf = op("Cast", [si], "scores_f32", to=TensorProto.FLOAT)
-            s = op("Mul", [sf, op("Mul", [qs, ks], "scores_scale")], "scores")
-            if bias is not None:
-                s = op("Add", [s, op("Transpose", [bias], "key_bias_bh1s", perm=[0, 2, 3, 1])],
-                       "scores_biased")  # + [B, H, 1, Sk]
-        if scale != 1.0:
-            s = op("Mul", [s, const("scale", np.float32(scale))], "scores_scaled")
-        p = op("Softmax", [s], "probs", axis=-1)  # [B, H, Sq, Sk]
+            if lay.batch * lay.heads == 1:
+                bias = op("Reshape", [bias, const("b_flat", i64([lay.keys]))], "key_bias_flat")  # [Sk]
+            else:
+                bias = op("Transpose", [bias], "key_bias_bh1s", perm=[0, 2, 3, 1])  # [B, H, 1, Sk]
         v4 = op("Reshape", [v_in, const("v_bshd", i64([0, 0, lay.heads, lay.v_head_size]))], "v4")  # [B, Sk, H, Dv]
         vt = op("Transpose", [v4], "v_bhsd", perm=[0, 2, 1, 3])  # [B, H, Sk, Dv]
-        o = op("MatMul", [p, vt], "o_bhsd")  # [B, H, Sq, Dv]
+        # query chunks of at most chunk_scores scores each: the same numbers (q was quantised whole),
+        # a bounded score matrix (and one that stays in cache at 512)
+        n_chunks = max(1, -(-lay.queries * lay.keys // chunk_scores))
+        n_chunks = min(n_chunks, lay.queries)
+        sizes = [lay.queries // n_chunks + (i < lay.queries % n_chunks) for i in range(n_chunks)]
+        q_chunks = [qt] if n_chunks == 1 else op("Split", [qt, const("q_chunks", i64(sizes))], "q_chunk", n_chunks,
+                                                 axis=2)  # n x [B, H, Sq/n, D]
+        o_chunks = []
+        for c, qc in enumerate(q_chunks):
+            tag = "" if n_chunks == 1 else f"_{c}"
+            if lay.batch * lay.heads == 1:
+                # one score matrix: ORT's MatMulIntegerToFloat takes the scales and the per-key bias ([Sk])
+                # into the integer product's epilogue (no separate pass over the scores)
+                sc = op("MatMulIntegerToFloat", [qc, kt, qs, ks, qz, kz] + ([bias] if bias else []), f"scores{tag}",
+                        domain=MS_DOMAIN)  # [1, 1, Sq/n, Sk] float
+            else:
+                si = op("MatMulInteger", [qc, kt, qz, kz], f"scores_i32{tag}")  # [B, H, Sq/n, Sk] int32
+                sf = op("Cast", [si], f"scores_f32{tag}", to=TensorProto.FLOAT)
+                sc = op("Mul", [sf, op("Mul", [qs, ks], f"scores_scale{tag}")], f"scores{tag}")
+                if bias is not None:
+                    sc = op("Add", [sc, bias], f"scores_biased{tag}")  # + [B, H, 1, Sk]
+            if scale != 1.0:
+                sc = op("Mul", [sc, const(f"scale{tag}", np.float32(scale))], f"scores_scaled{tag}")
+            pc = op("Softmax", [sc], f"probs{tag}", axis=-1)  # [B, H, Sq/n, Sk]
+            o_chunks.append(op("MatMul", [pc, vt], f"o_bhsd{tag}"))  # [B, H, Sq/n, Dv]
+        o = o_chunks[0] if n_chunks == 1 else op("Concat", o_chunks, "o_bhsd", axis=2)  # [B, H, Sq, Dv]
         ot = op("Transpose", [o], "o_bshd", perm=[0, 2, 1, 3])  # [B, Sq, H, Dv]
         built.append(helper.make_node("Reshape", [ot, const("o_shape", i64([0, 0, lay.heads * lay.v_head_size]))],
                                       [node.output[0]], name=f"{pre}/out_node"))  # [B, Sq, H*Dv], the fused output
@@ -145,7 +154,8 @@ def int8_attention_scores(model, max_scores: int = MAX_SCORES) -> AttentionRepor
             n.metadata_props.extend(keep)
         new_nodes.extend(built)
         report.rewritten.append({"node": where, "shape": [lay.batch, lay.heads, lay.queries, lay.keys,
-                                                          lay.head_size, lay.v_head_size], "bias": lay.bias})
+                                                          lay.head_size, lay.v_head_size], "bias": lay.bias,
+                                 "query_chunks": n_chunks})
     if report.rewritten:
         # MatMulInteger / DynamicQuantizeLinear need opset >= 10; the exporter writes 17+
         assert any(o.domain in ("", "ai.onnx") and o.version >= 10 for o in model.opset_import)
@@ -156,4 +166,4 @@ def int8_attention_scores(model, max_scores: int = MAX_SCORES) -> AttentionRepor
     return report
 
 
-__all__ = ["MAX_SCORES", "AttentionReport", "int8_attention_scores"]
+__all__ = ["CHUNK_SCORES", "AttentionReport", "int8_attention_scores"]
