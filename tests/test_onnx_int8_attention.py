@@ -3,7 +3,8 @@ an ONNX graph rewritten into DynamicQuantizeLinear + an integer QK^T, fp32 softm
 
 Checked on synthetic attentions (one head as in memory attention, several heads, with and without
 the key bias the fused graphs fold into an extra k column) against a float64 numpy emulation of
-the same int8 arithmetic (ONNX's DynamicQuantizeLinear: per-tensor uint8, round half to even):
+the same int8 arithmetic (q: ONNX's DynamicQuantizeLinear, per-tensor uint8; k: symmetric per-tensor
+int8; both rounded half to even):
 the rewrite must compute exactly that, with the bias added in fp32 outside the int8 keys. Against
 the exact fp32 attention the error is the quantisation's, bounded from below here. What it cannot
 rewrite (no recorded layout) it leaves fused and says why; query chunks change no number. On micro's exported
@@ -41,11 +42,17 @@ def _dql(x: np.ndarray):
     return np.clip(np.round(x / scale) + zp, 0, 255), float(scale), float(zp)
 
 
+def _symmetric_int8(x: np.ndarray):
+    """The keys: int8, scale max|x| / 127, zero point 0 (QuantizeLinear: round half to even)."""
+    scale = np.float32(np.float32(np.abs(x).max()) / np.float32(127.0))
+    return np.clip(np.round(x.astype(np.float32) / scale), -128, 127), float(scale), 0.0
+
+
 def _emulate(q, k, v, bias=None):
     """[B, H, Sq, D] / [B, H, Sk, D] / [B, H, Sk, Dv], q and k already scaled (as the fused graphs
     hold them), bias broadcastable to [B, H, 1, Sk]: the rewrite's arithmetic in float64."""
     qu, qs, qz = _dql(q)
-    ku, ks, kz = _dql(k)
+    ku, ks, kz = _symmetric_int8(k)
     s = np.einsum("bhqd,bhkd->bhqk", qu - qz, ku - kz) * (qs * ks)
     if bias is not None:
         s = s + bias
