@@ -12,7 +12,10 @@ attention as plain ops, with the QK^T product quantised at run time, would pay:
 * `mha`: `MultiHeadAttention` (one head), what the fp32 and int8 bundles run today;
 * `matmul-fp32`: MatMul -> Softmax -> MatMul (the score matrix materialised);
 * `int8-qk`: DynamicQuantizeLinear on q and k, `MatMulInteger` for QK^T, fp32 softmax and P.V;
-* `int8-qk-pv`: as `int8-qk`, and P.V in `MatMulInteger` too.
+* `int8-qk-pv`: as `int8-qk`, and P.V in `MatMulInteger` too;
+* `int8-qk-s8k`: what the int8 bundles run (quantization/onnx_attention.py): q uint8 as above, k
+  symmetric int8 (scale max|k| / 127), QK^T in `MatMulIntegerToFloat` (u8 x s8: MLAS's VNNI kernel),
+  fp32 softmax and P.V.
 
 Shapes follow the graphs `sam2-edge export` writes for a 4-layer, one-head SAM 2 memory attention:
 queries = (S/16)^2 tokens, keys = slots x (S/16)^2 memory tokens + the object-pointer tokens,
@@ -36,7 +39,7 @@ from typing import Dict, List
 
 import numpy as np
 
-FORMS = ("mha", "matmul-fp32", "int8-qk", "int8-qk-pv")
+FORMS = ("mha", "matmul-fp32", "int8-qk", "int8-qk-pv", "int8-qk-s8k")
 
 
 def _graph(form: str, sq: int, sk: int, d: int, dv: int) -> bytes:
@@ -76,6 +79,18 @@ def _graph(form: str, sq: int, sk: int, d: int, dv: int) -> bytes:
                       n("MatMulInteger", ["pq", "vq", "pz", "vz"], ["oi"]),
                       n("Cast", ["oi"], ["of"], to=T.FLOAT),
                       n("Mul", ["ps", "vs"], ["os"]), n("Mul", ["of", "os"], ["o"])]
+    elif form == "int8-qk-s8k":
+        inits += [h.make_tensor("levels", T.FLOAT, [], [127.0]), h.make_tensor("tiny", T.FLOAT, [], [1e-30]),
+                  h.make_tensor("kz", T.INT8, [], [0])]
+        nodes = [n("DynamicQuantizeLinear", ["q"], ["qq", "qs", "qz"]),
+                 n("Abs", ["k"], ["ka"]), n("ReduceMax", ["ka"], ["km"], keepdims=0),
+                 n("Div", ["km", "levels"], ["ks0"]), n("Max", ["ks0", "tiny"], ["ks"]),
+                 n("QuantizeLinear", ["k", "ks", "kz"], ["kq"]),                 # int8, symmetric
+                 n("Transpose", ["kq"], ["kqt"], perm=[0, 2, 1]),
+                 n("Mul", ["qs", "scale"], ["qs2"]),
+                 n("MatMulIntegerToFloat", ["qq", "kqt", "qs2", "ks", "qz", "kz"], ["s"], domain="com.microsoft"),
+                 n("Softmax", ["s"], ["p"], axis=-1),
+                 n("MatMul", ["p", "v"], ["o"])]
     else:
         raise ValueError(f"unknown form {form!r}; one of {', '.join(FORMS)}")
     g = h.make_graph(nodes, form, ins, [out], inits)
