@@ -71,7 +71,8 @@ def int8_attention_scores(model, chunk_scores: int = CHUNK_SCORES) -> AttentionR
         where = node.name or node.output[0]
         lay = fused_layout(node)
         if lay is None:
-            report.skipped.append(f"{where}: no layout recorded (fused by an older sam2-edge; re-export the fp32 bundle)")
+            report.skipped.append(f"{where}: no layout recorded (fused by an older sam2-edge; "
+                                  "re-export the fp32 bundle)")
             new_nodes.append(node)
             continue
         if len(node.input) != 3 or any(not i for i in node.input) or len(node.output) != 1:
@@ -103,7 +104,8 @@ def int8_attention_scores(model, chunk_scores: int = CHUNK_SCORES) -> AttentionR
         q4 = op("Reshape", [q_in, split], "q4")  # [B, Sq, H*Dq] -> [B, Sq, H, Dq]
         k4 = op("Reshape", [k_in, split], "k4")  # [B, Sk, H*Dq] -> [B, Sk, H, Dq]
         if lay.qk_head_size != lay.head_size:  # drop the bias column and the padding
-            starts, ends, axes = const("d_from", i64([0])), const("d_to", i64([lay.head_size])), const("d_axis", i64([3]))
+            starts, ends = const("d_from", i64([0])), const("d_to", i64([lay.head_size]))
+            axes = const("d_axis", i64([3]))
             q4 = op("Slice", [q4, starts, ends, axes], "q_d")  # [B, Sq, H, D]
             kd = op("Slice", [k4, starts, ends, axes], "k_d")  # [B, Sk, H, D]
         else:
