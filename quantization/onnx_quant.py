@@ -65,6 +65,14 @@ DEFAULT_FLOAT_GROUPS: Dict[str, Tuple[str, ...]] = {
 # attention's cross-attention over the memory bank is 46-83 % of an int8 frame; the image encoder's
 # global attention is a few per cent of its stage and is left fused
 DEFAULT_INT8_ATTENTION = ("memory_attention",)
+# static int8: op types whose outputs stay float (ORT's OpTypesToExcludeOutputQuantization; the
+# weights and inputs are int8 as before). Quantised outputs cost a DequantizeLinear per consumer:
+# in memory attention that split every RoPE select into its own DQ + Gather (ORT could no longer
+# fuse them into one Split): tiny@512's int8 memory attention 344 -> 255 ms, held-out SQNR 37.4 ->
+# 39.8 dB; the image encoder runs as fast (441 / 436 ms) at 31.2 instead of 29.6 dB. The memory
+# encoder's conv chains run slower with float conv outputs (40 -> 61 ms): it keeps them quantised.
+DEFAULT_FLOAT_OUTPUTS: Dict[str, Tuple[str, ...]] = {"image_encoder": ("Gemm", "MatMul"),
+                                                     "memory_attention": ("Gemm", "MatMul")}
 
 
 @dataclass(frozen=True)
@@ -78,12 +86,15 @@ class StagePolicy:
     reason: str = ""
     only_groups: Optional[Tuple[str, ...]] = None  # analysis: quantise these groups only
     int8_attention: bool = False  # ONNX: fused attentions' QK^T in run-time int8 (onnx_attention.py)
+    float_outputs: Tuple[str, ...] = ()  # static int8: op types whose outputs are not quantised
 
     def to_dict(self) -> dict:
         d = {"precision": "fp32" if self.fp32 else self.precision, "op_types_quantized": list(self.op_types),
              "float_groups": list(self.float_groups), "float_op_types": ["LayerNormalization", "Softmax",
                                                                        "(every op type not listed)"],
              "int8_attention_scores": self.int8_attention and not self.fp32}
+        if self.float_outputs and not self.fp32:
+            d["float_output_op_types"] = list(self.float_outputs)
         if self.fp32:
             d["kept_fp32"] = True
         if self.reason:
@@ -96,7 +107,9 @@ def default_policy(stage: str, precision) -> StagePolicy:
     if not p.quantized:
         raise ConfigError(f"default_policy is for int8 / int8-dynamic, got {p.value}")
     ops = STATIC_OP_TYPES if p is Precision.INT8 else DYNAMIC_OP_TYPES
-    return StagePolicy(p.value, ops, DEFAULT_FLOAT_GROUPS.get(stage, ()), int8_attention=stage in DEFAULT_INT8_ATTENTION)
+    return StagePolicy(p.value, ops, DEFAULT_FLOAT_GROUPS.get(stage, ()),
+                       int8_attention=stage in DEFAULT_INT8_ATTENTION,
+                       float_outputs=DEFAULT_FLOAT_OUTPUTS.get(stage, ()) if p is Precision.INT8 else ())
 
 
 def _imports():
@@ -300,7 +313,8 @@ class StageQuantizer:
                               op_types_to_quantize=list(policy.op_types), nodes_to_quantize=chosen,
                               per_channel=True, activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
                               calibrate_method=q.CalibrationMethod.MinMax,
-                              calibration_cache_path=str(self._calibration_cache()))
+                              calibration_cache_path=str(self._calibration_cache()),
+                              extra_options={"OpTypesToExcludeOutputQuantization": list(policy.float_outputs)})
         elif policy.precision == Precision.INT8_DYNAMIC.value:
             q.quantize_dynamic(str(self.prepared), str(out), op_types_to_quantize=list(policy.op_types),
                                nodes_to_quantize=chosen, per_channel=True, weight_type=q.QuantType.QInt8)
@@ -337,5 +351,5 @@ def graph_info(path) -> Dict[str, object]:
 
 
 __all__ = ["STATIC_OP_TYPES", "DYNAMIC_OP_TYPES", "ATTENTION_SCORES", "MASK_PRODUCT", "DEFAULT_FLOAT_GROUPS",
-           "DEFAULT_INT8_ATTENTION", "StagePolicy",
+           "DEFAULT_INT8_ATTENTION", "DEFAULT_FLOAT_OUTPUTS", "StagePolicy",
            "default_policy", "node_groups", "quantizable_nodes", "StageQuantizer", "run_graph", "graph_info"]

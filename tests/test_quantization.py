@@ -106,6 +106,13 @@ def test_int8_static_bundle(int8):
     assert "sam_mask_decoder.pred_obj_score_head" in pol["float_groups"]
     assert m.graphs["image_encoder"].extra["quant_ops"].get("QuantizeLinear", 0) > 0
     _check_int8_attention(int8, m)
+    # static: linear layers' outputs stay float where the policy says so (no DQ per consumer)
+    assert pol_of(m, "memory_attention")["float_output_op_types"] == ["Gemm", "MatMul"]
+    assert "float_output_op_types" not in pol_of(m, "memory_encoder")
+
+
+def pol_of(m, stage):
+    return m.graphs[stage].extra["quantization"]
 
 
 def _check_int8_attention(r, m):
@@ -147,6 +154,15 @@ def test_static_int8_quantises_linear_layers_with_their_bias(int8):
             assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear" for i in n.input), n.name
             kept += 1
     assert kept >= 3  # the float groups' nodes were found by their carried module paths
+    # memory attention's linear layers keep float outputs (DEFAULT_FLOAT_OUTPUTS): no Gemm output is
+    # re-quantised, so ORT can still fuse the RoPE selects that read them
+    ma = onnx.load(str(int8.path / "memory_attention.onnx")).graph
+    consumers = {}
+    for n in ma.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    ma_gemms = [n for n in ma.node if n.op_type == "Gemm"]
+    assert ma_gemms and not any("QuantizeLinear" in consumers.get(n.output[0], []) for n in ma_gemms)
 
 
 def test_quantized_bundles_keep_onnxruntime_arenas(fp32, int8):
