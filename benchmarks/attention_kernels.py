@@ -4,12 +4,13 @@ int8 bundle could use instead, at the real shapes, with the error of each agains
     python benchmarks/attention_kernels.py --image-size 512 --image-size 1024 --json attn.json
 
 Why this exists: the quantization issue's target (an int8 ONNX bundle >= 2x the frames per second
-of the fp32 one) is limited by memory attention, whose attention products have no int8 kernel in
-ONNX Runtime (the int8 bundles keep the fused `com.microsoft.MultiHeadAttention` in fp32; it is
-63-83 % of an int8 frame of sam2.1-hiera-tiny). This script measures whether expressing the
-attention as plain ops, with the QK^T product quantised at run time, would pay:
+of the fp32 one) was limited by memory attention, whose attention products have no int8 kernel in
+ONNX Runtime (with the fused `com.microsoft.MultiHeadAttention` in fp32 they were 63-83 % of an
+int8 frame of sam2.1-hiera-tiny). This script measures the forms of the attention as plain ops
+with the QK^T product quantised at run time; the int8 bundles now run `int8-qk-s8k`
+(quantization/onnx_attention.py):
 
-* `mha`: `MultiHeadAttention` (one head), what the fp32 and int8 bundles run today;
+* `mha`: `MultiHeadAttention` (one head), what the fp32 bundles run;
 * `matmul-fp32`: MatMul -> Softmax -> MatMul (the score matrix materialised);
 * `int8-qk`: DynamicQuantizeLinear on q and k, `MatMulInteger` for QK^T, fp32 softmax and P.V;
 * `int8-qk-pv`: as `int8-qk`, and P.V in `MatMulInteger` too;
