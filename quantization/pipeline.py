@@ -200,7 +200,8 @@ def quantize(source, out, precision="int8", fmt: str = "onnx", calib: Optional[s
                 res = measure(policy, path, ("calibration", "held_out"))
                 # the gate: the int8 attention scores go first, then the whole stage
                 fallbacks = ([("int8 attention scores dropped", lambda pol, why: replace(
-                    pol, int8_attention=False, reason=f"run-time int8 attention scores: {why}"))]
+                    pol, int8_attention=False,
+                    reason="; ".join(filter(None, [f"run-time int8 attention scores: {why}", pol.reason]))))]
                     if policy.int8_attention else [])
                 fallbacks.append(("stage kept fp32", lambda pol, why: replace(pol, fp32=True, reason=why)))
                 for consequence, fallback in fallbacks:
