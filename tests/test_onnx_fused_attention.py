@@ -222,6 +222,19 @@ def _attention_graph(b, h, sq, sk, d, dv, bias_shape=None, scale=None):
     return onnx.shape_inference.infer_shapes(model), s * s
 
 
+def _attention_feeds(rng, b, h, sq, sk, d, dv, bias_shape=None):
+    """Inputs of `_attention_graph`: q / k of std 2, v of std 1, and a key bias of 0 / -1e4 (about
+    half the keys absent, never the first), the arrays the graph is fed."""
+    feeds = {"q": rng.standard_normal((b, h, sq, d)).astype(np.float32) * 2,
+             "k": rng.standard_normal((b, h, sk, d)).astype(np.float32) * 2,
+             "v": rng.standard_normal((b, h, sk, dv)).astype(np.float32)}
+    if bias_shape is not None:
+        bias = np.where(rng.random(bias_shape) < 0.5, -1.0e4, 0.0).astype(np.float32)
+        bias.reshape(-1)[:1] = 0.0
+        feeds["bias"] = bias
+    return feeds
+
+
 def _reference(q, k, v, scale, bias=None):
     s = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), k.astype(np.float64)) * scale
     if bias is not None:
@@ -246,18 +259,11 @@ def test_rewrite_matches_numpy(b, h, sq, sk, d, dv, bias_shape):
     assert not [n for n in model.graph.node if n.op_type in ("Softmax", "MatMul")]
     onnx.checker.check_model(model)
     rng = np.random.default_rng(0)
-    q = rng.standard_normal((b, h, sq, d)).astype(np.float32) * 2
-    k = rng.standard_normal((b, h, sk, d)).astype(np.float32) * 2
-    v = rng.standard_normal((b, h, sk, dv)).astype(np.float32)
-    feeds = {"q": q, "k": k, "v": v}
-    bias = None
-    if bias_shape is not None:
-        bias = np.where(rng.random(bias_shape) < 0.5, -1.0e4, 0.0).astype(np.float32)
-        bias.reshape(-1)[:1] = 0.0
-        if len(bias_shape) == 4 and bias_shape[1] == 1:
-            # any per-key bias, not only 0 / -1e4
-            bias[..., : sk // 3] += rng.standard_normal(sk // 3).astype(np.float32)
-        feeds["bias"] = bias
+    feeds = _attention_feeds(rng, b, h, sq, sk, d, dv, bias_shape)
+    q, k, v, bias = feeds["q"], feeds["k"], feeds["v"], feeds.get("bias")
+    if bias is not None and len(bias_shape) == 4 and bias_shape[1] == 1:
+        # any per-key bias, not only 0 / -1e4 (in place: the array fed)
+        bias[..., : sk // 3] += rng.standard_normal(sk // 3).astype(np.float32)
     got = _session(model, threads=2).run(None, feeds)[0]
     ref = _reference(q, k, v, scale, None if bias is None else bias.reshape((1,) * (4 - bias.ndim) + bias.shape))
     assert np.abs(got - ref).max() <= SYNTH_TOL * max(1.0, float(np.abs(ref).max()))

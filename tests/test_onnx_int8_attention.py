@@ -20,7 +20,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from test_onnx_fused_attention import _attention_graph, _export, _reference, _session, micro_stage  # noqa: E402,F401,F811
+from test_onnx_fused_attention import _attention_feeds, _attention_graph, _export, _reference, _session, micro_stage  # noqa: E402,F401,F811
 
 from sam2_edge.export.onnx_fuse import FUSED_OP, LAYOUT_KEY, fuse_attention, fused_layout  # noqa: E402
 from sam2_edge.quantization.onnx_attention import int8_attention_scores  # noqa: E402
@@ -87,16 +87,9 @@ def test_rewrite_computes_the_int8_arithmetic(b, h, sq, sk, d, dv, bias_shape):
     assert [(o.name, o.type.SerializeToString()) for o in model.graph.output] == outputs
     onnx.checker.check_model(model)
 
-    rng = np.random.default_rng(1)
-    q = rng.standard_normal((b, h, sq, d)).astype(np.float32) * 2
-    k = rng.standard_normal((b, h, sk, d)).astype(np.float32) * 2
-    v = rng.standard_normal((b, h, sk, dv)).astype(np.float32)
-    feeds = {"q": q, "k": k, "v": v}
-    bias = None
-    if bias_shape is not None:
-        bias = np.where(rng.random(bias_shape) < 0.5, -1.0e4, 0.0).astype(np.float32)  # absent memory slots
-        bias.reshape(-1)[:1] = 0.0
-        feeds["bias"] = bias
+    feeds = _attention_feeds(np.random.default_rng(1), b, h, sq, sk, d, dv, bias_shape)  # -1e4: absent slots
+    q, k, v, bias = feeds["q"], feeds["k"], feeds["v"], feeds.get("bias")
+    if bias is not None:
         bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
     got = _session(model, threads=2).run(None, feeds)[0]
     s = np.float32(np.sqrt(scale))  # the graph scales q and k by sqrt(scale) each before QK^T
