@@ -20,7 +20,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from test_onnx_fused_attention import _attention_feeds, _attention_graph, _export, _reference, _session, micro_stage  # noqa: E402,F401,F811
+from test_onnx_fused_attention import (_attention_feeds, _attention_graph, _export, _reference,  # noqa: E402,F401
+                                        _session, micro_stage)  # noqa: F811
 
 from sam2_edge.export.onnx_fuse import FUSED_OP, LAYOUT_KEY, fuse_attention, fused_layout  # noqa: E402
 from sam2_edge.quantization.onnx_attention import int8_attention_scores  # noqa: E402
